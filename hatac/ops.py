@@ -1,0 +1,115 @@
+"""The ``hatac::`` operator library.
+
+Each op is a ``torch.library.custom_op`` with a fake (meta) implementation, so that torch.export,
+torch.compile(fullgraph=True) and the ONNX exporter treat it as one opaque node. The default (CPU) body
+is the vectorized reference in :mod:`hatac.reference`; :mod:`hatac.kernels` registers Triton bodies for
+CUDA tensors on import (``torch.library.register_kernel``), so a rewritten graph dispatches to the GPU
+kernels with no change to the graph.
+
+Semantics and shapes are documented on the reference functions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hatac import reference
+
+NAMESPACE = "hatac"
+
+
+@torch.library.custom_op("hatac::hash_encode", mutates_args=())
+def hash_encode(x: Tensor, w: Tensor) -> Tensor:
+    """sign(x @ W) bit-packed: (B, H, S, D) x (Hkv, D, R) -> (B, H, S, R/32) int32."""
+    return reference.hash_encode(x, w)
+
+
+@hash_encode.register_fake
+def _(x: Tensor, w: Tensor) -> Tensor:
+    torch._check(w.shape[2] % 32 == 0, lambda: "hash bits must be a multiple of 32")
+    return x.new_empty((x.shape[0], x.shape[1], x.shape[2], w.shape[2] // 32), dtype=torch.int32)
+
+
+@torch.library.custom_op("hatac::hamming_topk", mutates_args=())
+def hamming_topk(
+    q_codes: Tensor,
+    k_codes: Tensor,
+    q_pos: Tensor,
+    k: int,
+    budget: float,
+    sink: int = 0,
+    recent: int = 0,
+    window: int = 0,
+) -> Tensor:
+    """Slots of the k cached keys nearest in Hamming distance, one selection per KV head: (B, Hkv, S, k) int32."""
+    return reference.hamming_topk(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
+
+
+@hamming_topk.register_fake
+def _(q_codes, k_codes, q_pos, k, budget, sink=0, recent=0, window=0):
+    return q_codes.new_empty((q_codes.shape[0], k_codes.shape[1], q_codes.shape[2], k), dtype=torch.int32)
+
+
+@torch.library.custom_op("hatac::sparse_attention", mutates_args=())
+def sparse_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, indices: Tensor, scale: float) -> Tensor:
+    """Attention over the selected cache slots only: (B, Hq, S, D)."""
+    return reference.sparse_attention(q, k_cache, v_cache, indices, scale)
+
+
+@sparse_attention.register_fake
+def _(q, k_cache, v_cache, indices, scale):
+    return q.new_empty((q.shape[0], q.shape[1], q.shape[2], v_cache.shape[3]))
+
+
+@torch.library.custom_op("hatac::cache_attention", mutates_args=())
+def cache_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, q_pos: Tensor, scale: float, window: int = 0) -> Tensor:
+    """Dense causal attention over the cache: the prefill path and the dense layers."""
+    return reference.cache_attention(q, k_cache, v_cache, q_pos, scale, window)
+
+
+@cache_attention.register_fake
+def _(q, k_cache, v_cache, q_pos, scale, window=0):
+    return q.new_empty((q.shape[0], q.shape[1], q.shape[2], v_cache.shape[3]))
+
+
+@torch.library.custom_op("hatac::cache_write", mutates_args=("cache",))
+def cache_write(cache: Tensor, values: Tensor, write_pos: Tensor) -> None:
+    """cache[b, :, write_pos[b, s]] = values[b, :, s] in place (keys, values or key codes)."""
+    reference.cache_write(cache, values, write_pos)
+
+
+@cache_write.register_fake
+def _(cache, values, write_pos):
+    return None
+
+
+# The ops a rewritten hashed layer is made of, by name, for passes, inspect and export.
+HATA_OPS = {
+    "hash_encode": torch.ops.hatac.hash_encode.default,
+    "hamming_topk": torch.ops.hatac.hamming_topk.default,
+    "sparse_attention": torch.ops.hatac.sparse_attention.default,
+    "cache_attention": torch.ops.hatac.cache_attention.default,
+    "cache_write": torch.ops.hatac.cache_write.default,
+}
+
+
+def op_name(target) -> str | None:
+    """The short hatac name of an FX node target, or None when it is not a hatac op."""
+    for name, op in HATA_OPS.items():
+        if target is op or target is getattr(torch.ops.hatac, name):
+            return name
+    return None
+
+
+def _load_gpu_kernels() -> None:
+    """Register the Triton bodies for CUDA tensors when Triton and a GPU build of torch are present."""
+    if not torch.cuda.is_available():
+        return
+    try:
+        import hatac.kernels  # noqa: F401  (registers on import)
+    except ImportError:  # no triton: the reference runs on CUDA tensors too
+        pass
+
+
+_load_gpu_kernels()

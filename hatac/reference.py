@@ -1,0 +1,241 @@
+"""Vectorized PyTorch references for hatac's ops.
+
+These are the CPU implementations of the ``hatac::`` ops and the ground truth every Triton kernel is
+checked against. No Python loop runs over tokens or heads; loops only walk fixed-size chunks of query
+rows to bound memory on long contexts.
+
+Shapes (B batch, H/Hq query heads, Hkv KV heads, G = Hq // Hkv, S query rows, T cache slots, D head
+dim, R hash bits, NW = R // 32 code words, K selection width):
+
+- keys and values live in caches of shape (B, Hkv, T, D); key codes in (B, Hkv, T, NW) int32;
+- a query row s of batch row b sits at position ``q_pos[b, s]``; it may attend to cache slots
+  ``0 .. q_pos[b, s]`` (inclusive), minus those outside a sliding ``window`` when one is set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+WORD_BITS = 32
+# Query rows per chunk in the references: bounds the (rows x T) score tiles on long contexts.
+_ROW_CHUNK = 256
+
+
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    """2**j for j in 0..31 as int64, with bit 31 folded to the int32 sign bit."""
+    w = torch.ones(WORD_BITS, dtype=torch.int64, device=device) << torch.arange(WORD_BITS, device=device)
+    return w
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Pack a (..., R) boolean tensor into (..., R // 32) int32 words: bit j of word c is bits[c*32 + j]."""
+    r = bits.shape[-1]
+    if r % WORD_BITS:
+        raise ValueError(f"hash bits must be a multiple of 32, got {r}")
+    words = bits.reshape(*bits.shape[:-1], r // WORD_BITS, WORD_BITS).to(torch.int64)
+    packed = (words * _bit_weights(bits.device)).sum(-1)
+    # Values are in [0, 2**32); reinterpret as two's-complement int32.
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed)
+    return packed.to(torch.int32)
+
+
+def unpack_bits(codes: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: (..., NW) int32 -> (..., NW * 32) bool."""
+    shifts = torch.arange(WORD_BITS, device=codes.device, dtype=torch.int32)
+    bits = (codes.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(*codes.shape[:-1], codes.shape[-1] * WORD_BITS).bool()
+
+
+def popcount32(x: torch.Tensor) -> torch.Tensor:
+    """Population count of int32 words (SWAR), returned as int32."""
+    v = x.to(torch.int64) & 0xFFFFFFFF
+    v = v - ((v >> 1) & 0x55555555)
+    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F
+    return ((v * 0x01010101) & 0xFFFFFFFF).__rshift__(24).to(torch.int32)
+
+
+def hash_encode(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sign(x @ W) packed into int32 words.
+
+    x: (B, H, S, D); w: (Hkv, D, R) with H a multiple of Hkv; head h uses w[h // (H // Hkv)].
+    A projection > 0 gives bit 1, <= 0 gives bit 0. Returns (B, H, S, R // 32) int32.
+    """
+    b, h, s, d = x.shape
+    hkv, d_w, r = w.shape
+    if d != d_w or h % hkv:
+        raise ValueError(f"hash_encode: x {tuple(x.shape)} does not fit W {tuple(w.shape)}")
+    g = h // hkv
+    xg = x.float().reshape(b, hkv, g * s, d)
+    proj = torch.matmul(xg, w.float().unsqueeze(0))  # (B, Hkv, G*S, R)
+    return pack_bits(proj > 0).reshape(b, h, s, r // WORD_BITS)
+
+
+def keep_counts(lengths: torch.Tensor, budget: float, sink: int, recent: int) -> torch.Tensor:
+    """Tokens each query keeps: a fraction of its valid length (budget < 1) or a count (>= 1).
+
+    Forced sink and recent tokens count inside the budget; when they alone exceed it they are all kept.
+    Never more than the valid length, and at least one token when any is valid.
+    """
+    lengths = lengths.to(torch.int64)
+    if budget >= 1:
+        want = torch.full_like(lengths, int(budget))
+    else:
+        want = torch.ceil(lengths.to(torch.float64) * budget).to(torch.int64).clamp_min(1)
+    want = torch.maximum(want, torch.full_like(lengths, sink + recent))
+    return torch.minimum(want, lengths)
+
+
+def topk_width(max_length: int, budget: float, sink: int = 0, recent: int = 0) -> int:
+    """The selection width K that holds every row's keep count for contexts up to ``max_length``."""
+    want = int(budget) if budget >= 1 else max(1, math.ceil(max_length * budget))
+    return max(1, min(max_length, max(want, sink + recent)))
+
+
+def valid_range(q_pos: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First valid slot and valid length for each query: slots [lo, q_pos] are attendable."""
+    hi = q_pos.to(torch.int64) + 1
+    lo = (hi - window).clamp_min(0) if window > 0 else torch.zeros_like(hi)
+    return lo, hi - lo
+
+
+def hamming_scores(q_codes: torch.Tensor, k_codes: torch.Tensor) -> torch.Tensor:
+    """Sum over each KV head's G query heads of popcount(q_code XOR k_code).
+
+    q_codes: (B, Hq, S, NW); k_codes: (B, Hkv, T, NW). Returns (B, Hkv, S, T) int32.
+    Computed exactly as sum|q| + G*|k| - 2 * (sum_j q_j) . k over {0, 1} bits (integers < 2**24 are exact
+    in float32), which is a matmul rather than a (S x T x G x NW) XOR tensor.
+    """
+    b, hq, s, nw = q_codes.shape
+    hkv, t = k_codes.shape[1], k_codes.shape[2]
+    g = hq // hkv
+    qb = unpack_bits(q_codes).float().reshape(b, hkv, g, s, nw * WORD_BITS)
+    kb = unpack_bits(k_codes).float()  # (B, Hkv, T, R)
+    q_sum = qb.sum(2)  # (B, Hkv, S, R): how many of the G heads have each bit set
+    q_pop = qb.sum((2, 4))  # (B, Hkv, S)
+    k_pop = kb.sum(-1)  # (B, Hkv, T)
+    dot = torch.matmul(q_sum, kb.transpose(-1, -2))  # (B, Hkv, S, T)
+    scores = q_pop.unsqueeze(-1) + g * k_pop.unsqueeze(-2) - 2 * dot
+    return scores.round().to(torch.int32)
+
+
+def select_topk(
+    scores: torch.Tensor,
+    q_pos: torch.Tensor,
+    k: int,
+    budget: float,
+    sink: int = 0,
+    recent: int = 0,
+    window: int = 0,
+) -> torch.Tensor:
+    """Exact selection shared by every scoring method (Hamming, exact q.k, bounds): smallest score wins.
+
+    scores: (B, Hkv, S, T), smaller is better (any dtype); q_pos: (B, S). Keeps, per (b, kv head, query),
+    the first ``sink`` and last ``recent`` valid slots, then the lowest scores, ties to the lower slot,
+    up to the keep count of :func:`keep_counts`. Returns (B, Hkv, S, k) int32 slot indices sorted
+    ascending, padded with -1.
+    """
+    bsz, hkv, s, t = scores.shape
+    lo, length = valid_range(q_pos, window)  # (B, S)
+    n_keep = keep_counts(length, budget, sink, recent)  # (B, S)
+    slot = torch.arange(t, device=scores.device).view(1, 1, t)
+    rel = slot - lo.unsqueeze(-1)  # position inside the valid range
+    valid = (rel >= 0) & (rel < length.unsqueeze(-1))
+    forced = valid & ((rel < sink) | (rel >= (length - recent).unsqueeze(-1)))
+    # Rank key: forced first, then by score, then by slot. Scores are ordered through their rank so
+    # float scores (exact q.k baselines) work too.
+    order = torch.argsort(scores.float(), dim=-1, stable=True)
+    score_rank = torch.empty_like(order)
+    score_rank.scatter_(-1, order, torch.arange(t, device=scores.device).expand_as(order))
+    key = score_rank + t  # forced slots get keys below every unforced one
+    key = torch.where(forced.unsqueeze(1), slot.unsqueeze(1).expand_as(key), key)
+    key = torch.where(valid.unsqueeze(1), key, torch.full_like(key, 3 * t))
+    kk = min(k, t)
+    picked_key, picked = torch.topk(key, kk, dim=-1, largest=False, sorted=True)
+    rank = torch.arange(kk, device=scores.device).view(1, 1, 1, kk)
+    keep = (rank < n_keep.view(bsz, 1, s, 1)) & (picked_key < 3 * t)
+    picked = torch.where(keep, picked, torch.full_like(picked, t))
+    picked, _ = torch.sort(picked, dim=-1)
+    picked = torch.where(picked >= t, torch.full_like(picked, -1), picked)
+    if kk < k:
+        picked = torch.nn.functional.pad(picked, (0, k - kk), value=-1)
+    return picked.to(torch.int32)
+
+
+def hamming_topk(
+    q_codes: torch.Tensor,
+    k_codes: torch.Tensor,
+    q_pos: torch.Tensor,
+    k: int,
+    budget: float,
+    sink: int = 0,
+    recent: int = 0,
+    window: int = 0,
+) -> torch.Tensor:
+    """Indices of the cached keys with the smallest Hamming distance summed over each group's query heads.
+
+    q_codes: (B, Hq, S, NW) int32; k_codes: (B, Hkv, T, NW) int32; q_pos: (B, S) int. Returns
+    (B, Hkv, S, k) int32, see :func:`select_topk` for the order and padding.
+    """
+    s = q_codes.shape[2]
+    out = []
+    for c in range(0, s, _ROW_CHUNK):
+        qc = q_codes[:, :, c : c + _ROW_CHUNK]
+        scores = hamming_scores(qc, k_codes)
+        out.append(select_topk(scores, q_pos[:, c : c + _ROW_CHUNK], k, budget, sink, recent, window))
+    return torch.cat(out, dim=2)
+
+
+def sparse_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention of each query over its selected cache slots only.
+
+    q: (B, Hq, S, D); caches: (B, Hkv, T, D); indices: (B, Hkv, S, K) int, -1 = unused. The G query heads of
+    a KV head share its selection. Accumulates in float32; a query with nothing selected gets zeros.
+    Returns (B, Hq, S, D) in q's dtype.
+    """
+    b, hq, s, d = q.shape
+    hkv, kk = k_cache.shape[1], indices.shape[-1]
+    dv = v_cache.shape[-1]
+    g = hq // hkv
+    out = []
+    for c in range(0, s, _ROW_CHUNK):
+        idx = indices[:, :, c : c + _ROW_CHUNK].to(torch.int64)  # (B, Hkv, s_c, K)
+        sc = idx.shape[2]
+        used = idx >= 0
+        flat = idx.clamp_min(0).reshape(b, hkv, sc * kk, 1)
+        ks = torch.gather(k_cache, 2, flat.expand(b, hkv, sc * kk, d)).float().reshape(b, hkv, 1, sc, kk, d)
+        vs = torch.gather(v_cache, 2, flat.expand(b, hkv, sc * kk, dv)).float().reshape(b, hkv, 1, sc, kk, dv)
+        qc = q[:, :, c : c + _ROW_CHUNK].float().reshape(b, hkv, g, sc, 1, d)
+        logits = (qc * ks).sum(-1) * scale  # (B, Hkv, G, s_c, K)
+        logits = logits.masked_fill(~used.unsqueeze(2), float("-inf"))
+        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        o = (probs.unsqueeze(-1) * vs).sum(-2)  # (B, Hkv, G, s_c, Dv)
+        out.append(o.reshape(b, hq, sc, dv))
+    return torch.cat(out, dim=2).to(q.dtype)
+
+
+def cache_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_pos: torch.Tensor, scale: float, window: int = 0
+) -> torch.Tensor:
+    """Dense causal attention of each query over cache slots [q_pos - window + 1, q_pos] (all of 0..q_pos
+    when ``window`` is 0). The dense path: prefill and the layers that stay dense."""
+    b, hq, s, d = q.shape
+    hkv, t = k_cache.shape[1], k_cache.shape[2]
+    slot = torch.arange(t, device=q.device).view(1, 1, t)
+    lo, length = valid_range(q_pos, window)
+    mask = (slot >= lo.unsqueeze(-1)) & (slot < (lo + length).unsqueeze(-1))  # (B, S, T)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k_cache.to(q.dtype), v_cache.to(q.dtype), attn_mask=mask.unsqueeze(1), scale=scale, enable_gqa=hq != hkv
+    )
+    return out
+
+
+def cache_write(cache: torch.Tensor, values: torch.Tensor, write_pos: torch.Tensor) -> None:
+    """cache[b, :, write_pos[b, s]] = values[b, :, s], in place. cache: (B, H, T, X); values: (B, H, S, X)."""
+    b, h, s, x = values.shape
+    idx = write_pos.to(torch.int64).view(b, 1, s, 1).expand(b, h, s, x)
+    cache.scatter_(2, idx, values.to(cache.dtype))
