@@ -1,0 +1,71 @@
+"""The recipe: every setting that turns a model into a HATA model.
+
+A small versioned dataclass, serialized into the artifact's manifest, and replayable on a fresh copy of
+the source model (``hatac.convert(model, HataConfig.from_dict(manifest["recipe"]))``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from hatac.errors import HatacError
+
+HASH_METHODS = ("random", "learned")
+
+
+@dataclass
+class HataConfig:
+    """Settings of a conversion. ``budget`` < 1 is a fraction of the current context, >= 1 a token count."""
+
+    rbits: int = 128
+    budget: float = 0.0313
+    dense_layers: int = 2
+    sink: int = 0
+    recent: int = 0
+    hash: str = "random"
+    seed: int = 0
+    # Layers kept dense beyond the first ``dense_layers`` (by index), e.g. from a user pass.
+    extra_dense: tuple[int, ...] = ()
+    # Per-layer budget overrides {layer index: budget}.
+    layer_budgets: dict[int, float] = field(default_factory=dict)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.rbits, int) or self.rbits < 32 or self.rbits > 1024 or self.rbits % 32:
+            raise HatacError(f"--rbits must be a multiple of 32 between 32 and 1024, got {self.rbits}")
+        for name, b in [("--budget", self.budget), *((f"budget of layer {i}", v) for i, v in self.layer_budgets.items())]:
+            if not b > 0 or (b >= 1 and float(b) != int(b)):
+                raise HatacError(f"{name} must be a fraction in (0, 1) or a whole token count >= 1, got {b}")
+        if self.dense_layers < 0:
+            raise HatacError(f"--dense-layers must be >= 0, got {self.dense_layers}")
+        if self.sink < 0 or self.recent < 0:
+            raise HatacError(f"--sink and --recent must be >= 0, got {self.sink} and {self.recent}")
+        if self.hash not in HASH_METHODS:
+            raise HatacError(f"--hash must be one of {', '.join(HASH_METHODS)}, got {self.hash!r}")
+
+    def is_hashed(self, layer: int) -> bool:
+        return layer >= self.dense_layers and layer not in self.extra_dense
+
+    def budget_of(self, layer: int) -> float:
+        return float(self.layer_budgets.get(layer, self.budget))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["extra_dense"] = list(self.extra_dense)
+        d["layer_budgets"] = {str(k): v for k, v in self.layer_budgets.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HataConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise HatacError(f"recipe has unknown settings: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        d["extra_dense"] = tuple(int(i) for i in d.get("extra_dense", ()))
+        d["layer_budgets"] = {int(k): float(v) for k, v in d.get("layer_budgets", {}).items()}
+        return cls(**d)

@@ -1,0 +1,130 @@
+"""A converted model: the source transformers model's weights driven through hatac's rewritten graphs.
+
+``HataForCausalLM`` is a transformers ``PreTrainedModel`` with ``GenerationMixin``, so ``generate()``
+(greedy, sampling, beams) works as users expect. Its ``forward`` turns the usual arguments (input ids,
+a 2D attention mask, a cache) into the graph's explicit inputs (positions, write slots, selection width,
+per-layer cache tensors) and runs the prefill graph for multi-token chunks or the decode graph for
+single tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from hatac import reference
+from hatac.cache import HataCache
+from hatac.config import HataConfig
+from hatac.graphs import HataGraphs
+from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
+
+PREFILL, DECODE = "prefill", "decode"
+
+
+def step_positions(lengths: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and cache slots of a chunk's tokens.
+
+    lengths: (B,) tokens already cached per row; valid: (B, S) bool, False for padding. Valid tokens are
+    numbered from each row's length in order (their RoPE position and their slot); padding goes to the
+    slots just after them, which later tokens overwrite, and its queries look at the last valid token.
+    """
+    rank = valid.cumsum(-1) - 1
+    n_valid = valid.sum(-1, keepdim=True)
+    pad_rank = (~valid).cumsum(-1) - 1
+    base = lengths.unsqueeze(-1)
+    write_pos = base + torch.where(valid, rank, n_valid + pad_rank)
+    positions = torch.where(valid, base + rank, (base + n_valid - 1).clamp_min(0))
+    return positions, write_pos
+
+
+class HataForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = PretrainedConfig
+    base_model_prefix = "hf_model"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+
+    def __init__(self, hf_model: PreTrainedModel, graphs: HataGraphs, recipe: HataConfig, hash_weights: dict[int, torch.Tensor], manifest: dict | None = None):
+        super().__init__(hf_model.config)
+        self.hf_model = hf_model
+        self.graphs = torch.nn.ModuleDict({PREFILL: graphs.prefill, DECODE: graphs.decode})
+        self.layers = graphs.layers
+        self.has_logits_to_keep = graphs.has_logits_to_keep
+        self.recipe = recipe
+        self.hash_weights = hash_weights
+        self.manifest = manifest or {}
+        self.generation_config = hf_model.generation_config
+
+    # -- graphs ---------------------------------------------------------------------------------------
+    @property
+    def prefill_graph(self) -> fx.GraphModule:
+        return self.graphs[PREFILL]
+
+    @property
+    def decode_graph(self) -> fx.GraphModule:
+        return self.graphs[DECODE]
+
+    def new_cache(self, capacity: int = 0) -> HataCache:
+        return HataCache(self.layers, dtype=self.hf_model.dtype, device=self.device, capacity=capacity)
+
+    def topk_width(self, max_length: int) -> int:
+        """Selection width covering every hashed layer's budget at contexts up to ``max_length``."""
+        widths = [reference.topk_width(max_length, s.budget, s.sink, s.recent) for s in self.layers.values() if s.hashed]
+        return max(widths, default=1)
+
+    def step_inputs(self, cache: HataCache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str, logits_to_keep: int | torch.Tensor = 0) -> tuple[dict, list[int], torch.Tensor]:
+        """The graph's keyword inputs for one step, and the new token counts (host list and device tensor)."""
+        b, s = input_ids.shape
+        cache.ensure(b, cache.get_seq_length() + s)
+        if attention_mask is None:
+            valid = torch.ones(b, s, dtype=torch.bool, device=input_ids.device)
+            n_host = [s] * b
+        else:
+            valid = attention_mask[:, -s:].to(device=input_ids.device, dtype=torch.bool)
+            n_host = [s] * b if s == 1 else valid.sum(-1).tolist()
+        positions, write_pos = step_positions(cache.lengths, valid)
+        inputs = {"input_ids": input_ids, "position_ids": positions, WRITE_POS: write_pos, **cache.tensors}
+        if mode == DECODE and any(sp.hashed for sp in self.layers.values()):
+            inputs[TOPK_WIDTH] = self.topk_width(max(a + n for a, n in zip(cache.host_lengths, n_host)))
+        if self.has_logits_to_keep:
+            if isinstance(logits_to_keep, torch.Tensor):
+                keep = logits_to_keep.to(input_ids.device)
+            else:
+                keep = torch.arange(s - logits_to_keep if 0 < logits_to_keep <= s else 0, s, device=input_ids.device)
+            inputs["logits_to_keep"] = keep
+        return inputs, n_host, valid.sum(-1)
+
+    def step(self, cache: HataCache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, mode: str | None = None, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
+        """Run one chunk through the prefill (default for > 1 token) or decode graph; returns logits."""
+        mode = mode or (PREFILL if input_ids.shape[1] > 1 else DECODE)
+        inputs, n_host, n_dev = self.step_inputs(cache, input_ids, attention_mask, mode, logits_to_keep)
+        logits = self.graphs[mode](**inputs)
+        cache.advance(n_host, n_dev)
+        if not self.has_logits_to_keep and isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            logits = logits[:, -logits_to_keep:]
+        return logits
+
+    # -- transformers ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: HataCache | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        hata_mode: str | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("hatac models take input_ids, not inputs_embeds")
+        cache = past_key_values if isinstance(past_key_values, HataCache) else self.new_cache()
+        logits = self.step(cache, input_ids, attention_mask, hata_mode, logits_to_keep)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+
+    def generate(self, *args, **kwargs):
+        if kwargs.get("past_key_values") is None:
+            kwargs["past_key_values"] = self.new_cache()
+        return super().generate(*args, **kwargs)
+
+    def get_input_embeddings(self):
+        return self.hf_model.get_input_embeddings()
