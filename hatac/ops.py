@@ -84,6 +84,19 @@ def _(cache, values, write_pos):
     return None
 
 
+
+@torch.library.custom_op("hatac::hash_encode_step", mutates_args=("k_codes",))
+def hash_encode_step(q: Tensor, k: Tensor, w: Tensor, k_codes: Tensor, write_pos: Tensor) -> Tensor:
+    """Decode-step hashing in one op: writes the new keys' codes into ``k_codes`` at ``write_pos`` and
+    returns the query codes (B, Hq, S, R/32) int32; equal to hash_encode(k) + cache_write + hash_encode(q)."""
+    return reference.hash_encode_step(q, k, w, k_codes, write_pos)
+
+
+@hash_encode_step.register_fake
+def _(q, k, w, k_codes, write_pos):
+    torch._check(w.shape[2] % 32 == 0, lambda: "hash bits must be a multiple of 32")
+    return q.new_empty((q.shape[0], q.shape[1], q.shape[2], w.shape[2] // 32), dtype=torch.int32)
+
 # The ops a rewritten hashed layer is made of, by name, for passes, inspect and export.
 HATA_OPS = {
     "hash_encode": torch.ops.hatac.hash_encode.default,
@@ -91,6 +104,7 @@ HATA_OPS = {
     "sparse_attention": torch.ops.hatac.sparse_attention.default,
     "cache_attention": torch.ops.hatac.cache_attention.default,
     "cache_write": torch.ops.hatac.cache_write.default,
+    "hash_encode_step": torch.ops.hatac.hash_encode_step.default,
 }
 
 

@@ -73,6 +73,17 @@ def hash_encode(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return pack_bits(proj > 0).reshape(b, h, s, r // WORD_BITS)
 
 
+
+def hash_encode_step(
+    q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, k_codes: torch.Tensor, write_pos: torch.Tensor
+) -> torch.Tensor:
+    """One decode step of hashing: encode the new keys into the code cache at ``write_pos`` (in place) and
+    return the query codes. q: (B, Hq, S, D); k: (B, Hkv, S, D); k_codes: (B, Hkv, T, R // 32) int32;
+    write_pos: (B, S). Exactly ``cache_write(k_codes, hash_encode(k, w), write_pos); hash_encode(q, w)``:
+    one op so that a fusion pass can hand both encodings to one GPU launch."""
+    cache_write(k_codes, hash_encode(k, w), write_pos)
+    return hash_encode(q, w)
+
 def keep_counts(lengths: torch.Tensor, budget: float, sink: int, recent: int) -> torch.Tensor:
     """Tokens each query keeps: a fraction of its valid length (budget < 1) or a count (>= 1).
 
