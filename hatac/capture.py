@@ -82,8 +82,10 @@ def capture(model: torch.nn.Module) -> CapturedGraph:
         raise HatacError(f"{type(model).__name__} is an encoder-decoder model; hatac converts causal LMs")
     try:
         model.set_attn_implementation("sdpa")
-    except (ValueError, AttributeError) as exc:
-        raise HatacError(f"{type(model).__name__} has no scaled-dot-product attention path: {exc}") from None
+    except (ValueError, AttributeError):
+        # No SDPA path (e.g. soft-capped attention): capture the eager attention, so the pass that finds
+        # attention sites can name the layer and node it cannot rewrite.
+        model.set_attn_implementation("eager")
     has_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     kwargs, dynamic = _example_inputs(model, has_keep)
     was_training = model.training

@@ -52,7 +52,6 @@ def build_variant(
 ) -> tuple[fx.GraphModule, PassContext]:
     """Run the pass pipeline on a fresh copy of the captured graph for one variant."""
     ctx = PassContext(config=config, model=captured.model, mode=mode, hash_weights=dict(hash_weights or {}))
-    ctx.inputs = {n.name: n for n in []}
     gm = _copy_graph_module(captured)
     ctx.inputs.update({n.name: n for n in gm.graph.nodes if n.op == "placeholder"})
     result = PassManager(build_pipeline(list(user_passes))).run(gm, ctx)
@@ -86,6 +85,7 @@ class HataGraphs:
     decode: fx.GraphModule
     layers: dict[int, LayerSpec]
     has_logits_to_keep: bool
+    captured: fx.GraphModule
 
 
 def build_graphs(
@@ -96,7 +96,7 @@ def build_graphs(
 ) -> HataGraphs:
     prefill, _ = build_variant(captured, config, PREFILL, hash_weights, user_passes)
     decode, ctx = build_variant(captured, config, DECODE, hash_weights, user_passes)
-    return HataGraphs(prefill=prefill, decode=decode, layers=layer_specs(ctx), has_logits_to_keep=captured.has_logits_to_keep)
+    return HataGraphs(prefill=prefill, decode=decode, layers=layer_specs(ctx), has_logits_to_keep=captured.has_logits_to_keep, captured=captured.graph_module)
 
 
 def analyze(captured: CapturedGraph, config: HataConfig, user_passes: list[PassBase] = ()) -> tuple[fx.GraphModule, dict[int, LayerSpec], list[int]]:

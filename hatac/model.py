@@ -55,6 +55,8 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
         self.hash_weights = hash_weights
         self.manifest = manifest or {}
         self.generation_config = hf_model.generation_config
+        # The graph as captured, before any pass: for inspection only (not a registered submodule).
+        object.__setattr__(self, "captured_graph", graphs.captured)
 
     # -- graphs ---------------------------------------------------------------------------------------
     @property

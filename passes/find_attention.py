@@ -96,20 +96,35 @@ class FindAttentionSites(PassBase):
                 scale=float(scale) if scale is not None else 1.0 / math.sqrt(_static(d, "the head dim", node)),
                 window=int(window),
             )
+        self._refuse_manual_attention(gm, modules)
         if not sites:
-            softmax = next((n for n in gm.graph.nodes if n.op == "call_function" and "softmax" in str(n.target)), None)
-            detail = f" (attention seems to be computed by hand: node {softmax.name})" if softmax is not None else ""
-            raise HatacError(f"no scaled_dot_product_attention node found in the captured graph{detail}")
-        self._refuse_manual_attention(gm, sites)
+            raise HatacError("no scaled_dot_product_attention node found in the captured graph")
         ctx.sites = dict(sorted(sites.items()))
         return PassResult(gm, False)
 
     @staticmethod
-    def _refuse_manual_attention(gm: fx.GraphModule, sites: dict[int, AttentionSite]) -> None:
-        """A softmax inside an attention module means some attention is not SDPA: refuse, naming it."""
-        attn_paths = {s.module_path for s in sites.values()}
+    def _refuse_manual_attention(gm: fx.GraphModule, modules: dict) -> None:
+        """A softmax inside a module with a ``layer_idx`` is attention written out by hand (matmul, maybe a
+        tanh soft-cap, softmax): hatac cannot rewrite it, so refuse, naming the layer and node."""
         for node in gm.graph.nodes:
-            if node.op == "call_function" and "softmax" in str(node.target):
-                path = module_path(node)
-                if any(path == p or path.startswith(p + ".") for p in attn_paths if p):
-                    raise HatacError(f"cannot rewrite {path}, node {node.name}: attention computed outside SDPA")
+            if not (node.op == "call_function" and "softmax" in str(node.target)):
+                continue
+            path = module_path(node)
+            layer = getattr(modules.get(path), "layer_idx", None)
+            if layer is None:
+                continue
+            how = "by hand"
+            seen, todo = set(), list(node.all_input_nodes)
+            while todo:  # look back through this module's nodes for a soft-cap
+                n = todo.pop()
+                if n in seen or module_path(n) != path:
+                    continue
+                seen.add(n)
+                if "tanh" in str(n.target):
+                    how = "with logit soft-capping (tanh)"
+                    break
+                todo.extend(n.all_input_nodes)
+            raise HatacError(
+                f"cannot rewrite layer {layer} ({path}), node {node.name}: attention is computed {how}, "
+                "not by scaled_dot_product_attention; hatac does not support it"
+            )

@@ -52,7 +52,8 @@ def _write_kv(gm: fx.GraphModule, ctx: PassContext, site: AttentionSite) -> fx.N
     expect = (site.n_kv_heads, site.head_dim, site.rbits)
     if tuple(w.shape) != expect:
         raise ValueError(f"hash weights of layer {site.layer} have shape {tuple(w.shape)}, expected {expect}")
-    gm.register_buffer(name, w.detach().to(torch.float32).contiguous())
+    device = next(ctx.model.parameters()).device
+    gm.register_buffer(name, w.detach().to(device=device, dtype=torch.float32).contiguous())
     w_node = _tag(graph.get_attr(name), site)
     codes = _call(graph, site, ops.hash_encode.default, site.k, w_node)
     _call(graph, site, ops.cache_write.default, ctx.inputs[codes_name(site.layer)], codes, wp)

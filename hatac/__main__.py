@@ -1,0 +1,3 @@
+from hatac.cli import app
+
+app(prog_name="hatac")

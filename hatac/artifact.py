@@ -1,0 +1,195 @@
+"""Save and load converted models.
+
+An artifact folder holds the source model's config, tokenizer and weights (safetensors: it loads offline
+on its own), ``hash_weights.safetensors`` (one ``(H_kv, head_dim, r)`` tensor per hashed layer, named
+``layer.<i>``) and the ``hatac.json`` manifest. Loading replays the recipe on the saved weights with the
+saved hash projections: the graph is captured and rewritten again, so an artifact never pickles code.
+
+Writes go to a temporary sibling folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import hatac
+from hatac.config import HataConfig
+from hatac.errors import HatacError
+from hatac.manifest import FORMAT, FORMAT_VERSION, HASH_WEIGHTS_NAME, read_manifest, sha256_file, weight_files, write_manifest
+from hatac.model import HataForCausalLM
+
+DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise HatacError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def parse_device(name: str | None) -> torch.device:
+    try:
+        dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise HatacError(f"--device {name!r} is not a device torch knows") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HatacError("--device cuda asked for, but torch sees no CUDA device")
+    return dev
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, overwrite: bool = False):
+    """Yield a temporary folder next to ``out``; on success it replaces ``out``, on failure it is removed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HatacError(f"output {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise HatacError(f"output directory {out} is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model_dir(model_id: str) -> Path | None:
+    """The local folder of a model given as a path or an already-downloaded hub id (None if unknown)."""
+    p = Path(model_id)
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:
+        return None
+
+
+def load_source_model(model_id: str, device: torch.device, dtype: torch.dtype | None):
+    """Load a causal LM and its tokenizer from a folder or hub id, with one-line errors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(model_id)
+    looks_local = p.is_absolute() or model_id.startswith((".", "~")) or p.exists() or model_id.count("/") > 1
+    if looks_local and not p.is_dir():
+        raise HatacError(f"model folder {model_id} does not exist")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype or "auto")
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HatacError(f"cannot load model {model_id}: {msg}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+    except Exception:
+        tokenizer = None
+    return model.to(device).eval(), tokenizer
+
+
+def save(model: HataForCausalLM, out: str | Path, tokenizer=None, source: str = "", source_dir: Path | None = None, passes: list[str] = (), overwrite: bool = False) -> Path:
+    """Write ``model`` as an artifact folder at ``out``."""
+    out = Path(out)
+    sha = {f.name: sha256_file(f) for f in weight_files(source_dir)} if source_dir else {}
+    hashed = {f"layer.{i}": w.detach().float().contiguous().cpu() for i, w in sorted(model.hash_weights.items())}
+    with atomic_dir(out, overwrite) as tmp:
+        model.hf_model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file(hashed, str(tmp / HASH_WEIGHTS_NAME), metadata={"format": FORMAT, "layout": "(H_kv, head_dim, r) float32"})
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "hatac_version": hatac.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": {
+                "model": source or str(getattr(model.config, "_name_or_path", "")),
+                "architecture": type(model.hf_model).__name__,
+                "model_type": getattr(model.config, "model_type", ""),
+                "dtype": str(model.hf_model.dtype).replace("torch.", ""),
+                "weights_sha256": sha,
+            },
+            "recipe": model.recipe.to_dict(),
+            "passes": list(passes),
+            "layers": [s.to_dict() for s in model.layers.values()],
+            "hash_weights": {
+                "file": HASH_WEIGHTS_NAME,
+                "sha256": sha256_file(tmp / HASH_WEIGHTS_NAME),
+                "tensors": {k: list(v.shape) for k, v in hashed.items()},
+            },
+            "calibration": model.manifest.get("calibration", {}),
+        }
+        write_manifest(tmp, manifest)
+    model.manifest = manifest
+    return out
+
+
+def _check_weights(manifest: dict, weights: dict[str, torch.Tensor], folder: Path) -> dict[int, torch.Tensor]:
+    declared = manifest["hash_weights"]["tensors"]
+    if set(declared) != set(weights):
+        missing, extra = sorted(set(declared) - set(weights)), sorted(set(weights) - set(declared))
+        raise HatacError(f"manifest in {folder} does not match its tensors: missing {missing}, unexpected {extra}")
+    hashed = {f"layer.{s['layer']}": s for s in manifest["layers"] if s["hashed"]}
+    if set(hashed) != set(weights):
+        raise HatacError(f"manifest in {folder} does not match its tensors: hashed layers {sorted(hashed)} vs tensors {sorted(weights)}")
+    for name, w in weights.items():
+        s = hashed[name]
+        expect = [s["n_kv_heads"], s["head_dim"], s["rbits"]]
+        if list(w.shape) != expect or list(w.shape) != declared[name]:
+            raise HatacError(f"manifest in {folder} does not match its tensors: {name} has shape {list(w.shape)}, manifest says {expect}")
+    return {int(name.split(".")[1]): w for name, w in weights.items()}
+
+
+def load(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> HataForCausalLM:
+    """Load an artifact folder as a :class:`HataForCausalLM` whose ``generate()`` runs hatac's graphs."""
+    from transformers import AutoModelForCausalLM
+
+    from hatac.convert import convert
+    from hatac.passes.pipeline import load_pass
+
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    wfile = folder / manifest["hash_weights"]["file"]
+    if not wfile.is_file():
+        raise HatacError(f"{folder} is missing {wfile.name}")
+    if sha256_file(wfile) != manifest["hash_weights"]["sha256"]:
+        raise HatacError(f"manifest in {folder} does not match its tensors: {wfile.name} has another sha256")
+    try:
+        weights = _check_weights(manifest, load_file(str(wfile)), folder)
+    except SafetensorError as exc:
+        raise HatacError(f"cannot read {wfile}: {exc}") from None
+    recipe = HataConfig.from_dict(manifest["recipe"])
+    dev = parse_device(str(device) if device is not None else None)
+    dt = dtype if isinstance(dtype, torch.dtype) or dtype is None else parse_dtype(dtype)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dt or "auto")
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HatacError(f"cannot load the weights in {folder}: {msg}") from None
+    hf = hf.to(dev).eval()
+    passes = [load_pass(spec) for spec in manifest["passes"]]
+    model = convert(hf, recipe, passes=passes, hash_weights=weights)
+    got = [s.to_dict() for s in model.layers.values()]
+    if got != manifest["layers"]:
+        diff = next((a, b) for a, b in zip(got, manifest["layers"]) if a != b) if len(got) == len(manifest["layers"]) else (len(got), len(manifest["layers"]))
+        raise HatacError(f"manifest in {folder} does not match the model: replayed layer {diff[0]} vs saved {diff[1]}")
+    model.manifest = manifest
+    return model

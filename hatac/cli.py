@@ -1,0 +1,225 @@
+"""The ``hatac`` command line: convert, inspect, generate, demo, bench, export, eval.
+
+Every user-facing failure is a :class:`HatacError`, printed as one ``error:`` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hatac.errors import HatacError
+
+try:  # transformers prints a progress bar per weight load; the CLI has its own progress lines
+    from transformers.utils import logging as _hf_logging
+
+    _hf_logging.disable_progress_bar()
+except Exception:  # pragma: no cover
+    pass
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Compile Hugging Face causal LMs to hash-aware top-k attention (HATA).")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks on the GPU (dense baseline in the same run).")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+out = Console()
+
+EXAMPLE_CALIB = Path(__file__).resolve().parent.parent / "examples" / "calib.jsonl"
+
+
+def _fail(msg: str, code: int = 2):
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(fn, *args, **kwargs):
+    """Call ``fn``, turning user-facing errors and interrupts into one line and a non-zero exit."""
+    try:
+        return fn(*args, **kwargs)
+    except HatacError as exc:
+        _fail(str(exc).replace("\n", " "))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _progress(msg: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
+
+
+def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int):
+    import torch
+
+    from hatac import artifact
+    from hatac.calib_data import load_calibration
+    from hatac.config import HataConfig
+    from hatac.convert import convert
+    from hatac.passes.pipeline import load_pass
+
+    config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed)
+    dev = artifact.parse_device(device)
+    dt = artifact.parse_dtype(dtype)
+    user_passes = [load_pass(p) for p in passes]
+    if calib is None and hash_method == "learned":
+        raise HatacError("--hash learned needs --calib FILE.jsonl")
+    if model_id == "smollm2":
+        from hatac.assets import smollm2_dir
+
+        _progress("preparing the bundled SmolLM2-135M-Instruct")
+        model_id = str(smollm2_dir())
+    if not (Path(out_dir).parent.exists() or Path(out_dir).parent == Path("")):
+        Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    _progress(f"loading {model_id}")
+    model, tokenizer = artifact.load_source_model(model_id, dev, dt)
+    samples = []
+    if calib is not None:
+        if tokenizer is None:
+            raise HatacError(f"{model_id} has no tokenizer to read the calibration file with")
+        samples = load_calibration(calib, tokenizer, max_tokens=max_calib_tokens)
+        _progress(f"calibration: {len(samples)} samples, {sum(map(len, samples))} tokens")
+    with torch.no_grad():
+        _progress(f"capturing and rewriting ({config.hash} hashing, r={rbits}, budget={budget})")
+        hm = convert(model, config, samples=samples, passes=user_passes, progress=_progress)
+    src_dir = artifact.resolve_model_dir(model_id)
+    artifact.save(hm, out_dir, tokenizer=tokenizer, source=model_id, source_dir=src_dir, passes=passes, overwrite=overwrite)
+    n_hashed = sum(s.hashed for s in hm.layers.values())
+    _progress(f"wrote {out_dir}: {n_hashed}/{len(hm.layers)} layers hashed, {time.time() - t0:.1f}s")
+    return hm, tokenizer
+
+
+@app.command()
+def convert(
+    model: str = typer.Argument(..., help="Model folder or Hugging Face hub id ('smollm2' = the bundled SmolLM2-135M-Instruct)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration prompts, JSON Lines with 'text' or chat 'messages'."),
+    output: Path = typer.Option(..., "-o", "--output", help="Artifact folder to write."),
+    rbits: int = typer.Option(128, help="Hash bits r per key (a multiple of 32)."),
+    budget: float = typer.Option(0.0313, help="Tokens attended per KV head: a fraction of the context (< 1) or a count (>= 1)."),
+    dense_layers: int = typer.Option(2, help="The first N layers stay dense."),
+    sink: int = typer.Option(0, help="First tokens always kept."),
+    recent: int = typer.Option(0, help="Most recent tokens always kept."),
+    hash: str = typer.Option("random", "--hash", help="Hash projections: random (sign random projection) or learned."),
+    seed: int = typer.Option(0, help="Seed for the hash projections."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    passes: List[str] = typer.Option([], "--pass", help="A user pass, module:Class or file.py:Class (repeatable)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+    max_calib_tokens: int = typer.Option(16384, help="Cut each calibration sample to this many tokens."),
+):
+    """Convert MODEL into a HATA model artifact."""
+    _run(_convert, model, calib, output, rbits, budget, dense_layers, sink, recent, hash, seed, device, dtype, passes, overwrite, max_calib_tokens)
+
+
+def _inspect(path: Path, graph: bool):
+    from hatac.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    src = manifest["source"]
+    out.print(f"[bold]{path}[/]  hatac artifact v{manifest['format_version']} (hatac {manifest['hatac_version']})")
+    out.print(f"source: {src['model']} ({src['architecture']}), {len(src['weights_sha256'])} weight file(s)")
+    for name, digest in src["weights_sha256"].items():
+        out.print(f"  {name}  sha256 {digest}")
+    out.print("recipe: " + ", ".join(f"{k}={v}" for k, v in manifest["recipe"].items()))
+    if manifest["passes"]:
+        out.print("user passes: " + ", ".join(manifest["passes"]))
+    cal = manifest.get("calibration") or {}
+    if cal:
+        out.print("calibration: " + ", ".join(f"{k}={v}" for k, v in cal.items() if not isinstance(v, (dict, list))))
+    table = Table(title="layers")
+    for col in ("layer", "module", "attention", "heads q/kv", "head dim", "r", "budget", "sink", "recent", "window"):
+        table.add_column(col)
+    for s in manifest["layers"]:
+        hashed = s["hashed"]
+        table.add_row(
+            str(s["layer"]), s["module_path"], "hashed" if hashed else "dense", f"{s['n_heads']}/{s['n_kv_heads']}", str(s["head_dim"]),
+            str(s["rbits"]) if hashed else "-", f"{s['budget']:g}" if hashed else "-", str(s["sink"]) if hashed else "-",
+            str(s["recent"]) if hashed else "-", str(s["window"] or "-"),
+        )
+    out.print(table)
+    if graph:
+        from hatac.artifact import load
+        from hatac.inspect_graph import op_count_table
+
+        model = load(path, device="cpu")
+        out.print(op_count_table(model))
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="Artifact folder."),
+    graph: bool = typer.Option(False, "--graph", help="Also print per-layer op counts before and after the passes."),
+):
+    """Print an artifact's manifest and, per layer, whether it is hashed and with what settings."""
+    _run(_inspect, path, graph)
+
+
+def _generate(path: Path, prompt: str, max_new_tokens: int, device: Optional[str], sample: bool, chat: bool, seed: int):
+    import torch
+    from transformers import AutoTokenizer
+
+    from hatac.artifact import load
+
+    if max_new_tokens < 1:
+        raise HatacError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    model = load(path, device=device)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception:
+        raise HatacError(f"{path} has no tokenizer") from None
+    if chat and getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+    torch.manual_seed(seed)
+    t0 = time.time()
+    with torch.no_grad():
+        res = model.generate(ids.to(model.device), max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    new = res[0, ids.shape[1]:]
+    out.print(tok.decode(new, skip_special_tokens=True))
+    console.print(f"[dim]{len(new)} tokens in {time.time() - t0:.2f}s[/]")
+    return tok.decode(new, skip_special_tokens=True)
+
+
+@app.command()
+def generate(
+    path: Path = typer.Argument(..., help="Artifact folder."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt text."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    device: Optional[str] = typer.Option(None),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+    chat: bool = typer.Option(True, help="Wrap the prompt in the tokenizer's chat template when it has one."),
+    seed: int = typer.Option(0),
+):
+    """Generate text from an artifact with hash-aware top-k attention."""
+    _run(_generate, path, prompt, max_new_tokens, device, sample, chat, seed)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path(os.environ.get("HATAC_CACHE", Path.home() / ".cache" / "hatac")) / "artifacts" / "smollm2-hata", "-o", "--output"),
+    hash: str = typer.Option("random", "--hash", help="random or learned"),
+    prompt: str = typer.Option("What is the capital of France?", "--prompt"),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens"),
+):
+    """Convert the bundled SmolLM2-135M-Instruct with examples/calib.jsonl, then generate with it."""
+
+    def run():
+        if not EXAMPLE_CALIB.is_file():
+            raise HatacError(f"the example calibration file {EXAMPLE_CALIB} is missing")
+        _convert("smollm2", EXAMPLE_CALIB, output, 128, 0.0313, 2, 0, 0, hash, 0, None, None, [], True, 2048)
+        _generate(output, prompt, max_new_tokens, None, False, True, 0)
+
+    _run(run)
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

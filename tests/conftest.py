@@ -1,0 +1,35 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import hatac  # noqa: E402,F401  (registers the ops)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    from _tiny_tokenizer import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory, tiny_tok):
+    from models import save_tiny
+
+    return save_tiny("llama", tmp_path_factory.mktemp("llama"), tiny_tok)
+
+
+@pytest.fixture(scope="session")
+def calib_file(tmp_path_factory):
+    import json
+
+    p = tmp_path_factory.mktemp("calib") / "calib.jsonl"
+    lines = [{"text": "To be, or not to be, that is the question. " * 6}, {"messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]}]
+    p.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return p
