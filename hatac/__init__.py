@@ -14,7 +14,7 @@ from hatac.errors import HatacError  # noqa: E402
 
 
 def convert(*args, **kwargs):
-    from hatac.convert import convert as _convert
+    from hatac.converter import convert as _convert
 
     return _convert(*args, **kwargs)
 

@@ -162,7 +162,7 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
     """Load an artifact folder as a :class:`HataForCausalLM` whose ``generate()`` runs hatac's graphs."""
     from transformers import AutoModelForCausalLM
 
-    from hatac.convert import convert
+    from hatac.converter import convert
     from hatac.passes.pipeline import load_pass
 
     folder = Path(path)

@@ -58,7 +58,7 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     from hatac import artifact
     from hatac.calib_data import load_calibration
     from hatac.config import HataConfig
-    from hatac.convert import convert
+    from hatac.converter import convert
     from hatac.passes.pipeline import load_pass
 
     config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed)
