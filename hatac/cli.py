@@ -131,7 +131,7 @@ def _inspect(path: Path, graph: bool):
     if cal:
         out.print("calibration: " + ", ".join(f"{k}={v}" for k, v in cal.items() if not isinstance(v, (dict, list))))
     table = Table(title="layers")
-    for col in ("layer", "module", "attention", "heads q/kv", "head dim", "r", "budget", "sink", "recent", "window"):
+    for col in ("layer", "module", "attention", "q/kv", "d", "r", "budget", "sink", "recent", "window"):
         table.add_column(col)
     for s in manifest["layers"]:
         hashed = s["hashed"]
@@ -143,10 +143,11 @@ def _inspect(path: Path, graph: bool):
     out.print(table)
     if graph:
         from hatac.artifact import load
-        from hatac.inspect_graph import op_count_table
+        from hatac.inspect_graph import op_count_lines
 
         model = load(path, device="cpu")
-        out.print(op_count_table(model))
+        for line in op_count_lines(model):
+            out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import torch.fx as fx
-from rich.table import Table
 
 from hatac.passes.find_attention import module_path
 
@@ -41,22 +40,18 @@ def per_layer_counts(gm: fx.GraphModule, layer_paths: dict[str, int]) -> dict[in
 ATTENTION_OPS = ("scaled_dot_product_attention", "hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write", "hash_encode_step")
 
 
-def op_count_table(model) -> Table:
-    """A table with, per layer, the attention ops before (captured) and after (prefill / decode) the passes."""
+def op_count_lines(model) -> list[str]:
+    """Per layer, the attention ops before (captured) and after the passes (prefill and decode graphs)."""
     layer_paths = {s.module_path.rsplit(".", 1)[0]: s.layer for s in model.layers.values()}
     graphs = {"captured": model.captured_graph, "prefill": model.prefill_graph, "decode": model.decode_graph}
     counts = {name: per_layer_counts(gm, layer_paths) for name, gm in graphs.items()}
-    table = Table(title="attention ops per layer (captured -> prefill | decode)")
-    table.add_column("layer")
-    table.add_column("kind")
-    for name in graphs:
-        table.add_column(name)
-    table.add_column("all ops (captured -> decode)")
+    lines = ["attention ops per layer, before -> after the passes (all ops in the layer: captured -> decode)"]
     for layer, spec in model.layers.items():
-        cells = []
+        parts = []
         for name in graphs:
             c = counts[name].get(layer, Counter())
-            cells.append(", ".join(f"{op} x{n}" for op, n in sorted(c.items()) if op in ATTENTION_OPS) or "-")
+            parts.append(f"{name}: " + (", ".join(f"{op} x{n}" for op, n in sorted(c.items()) if op in ATTENTION_OPS) or "-"))
         total = f"{sum(counts['captured'].get(layer, Counter()).values())} -> {sum(counts['decode'].get(layer, Counter()).values())}"
-        table.add_row(str(layer), "hashed" if spec.hashed else "dense", *cells, total)
-    return table
+        lines.append(f"layer {layer} ({'hashed' if spec.hashed else 'dense'}, {total} ops)")
+        lines += [f"    {p}" for p in parts]
+    return lines

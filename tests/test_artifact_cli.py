@@ -1,0 +1,145 @@
+"""Artifact round trip and the CLI, including every bad input it must refuse in one line."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import hatac
+from hatac.cli import app
+from hatac.manifest import MANIFEST_NAME
+
+runner = CliRunner()
+
+
+def _cli(*args):
+    res = runner.invoke(app, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+def _assert_one_line_error(code, output, pattern):
+    assert code != 0
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    assert pattern in errors[0], output
+
+
+@pytest.fixture(scope="module")
+def artifact(llama_dir, calib_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "hata"
+    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", out, "--rbits", 64, "--budget", 0.5, "--sink", 1, "--recent", 2, "--seed", 3)
+    assert code == 0, output
+    return out
+
+
+def test_artifact_contents_and_manifest(artifact, llama_dir):
+    names = {p.name for p in artifact.iterdir()}
+    assert {"config.json", "model.safetensors", "hash_weights.safetensors", MANIFEST_NAME, "tokenizer.json"} <= names
+    m = json.loads((artifact / MANIFEST_NAME).read_text())
+    assert m["format_version"] == 1 and m["hatac_version"] == hatac.__version__
+    assert m["source"]["model"] == str(llama_dir) and set(m["source"]["weights_sha256"]) == {"model.safetensors"}
+    assert m["recipe"]["rbits"] == 64 and m["recipe"]["budget"] == 0.5 and m["recipe"]["sink"] == 1 and m["recipe"]["seed"] == 3
+    hashed = [l for l in m["layers"] if l["hashed"]]
+    assert [l["layer"] for l in hashed] == [2, 3]  # --dense-layers defaults to 2
+    assert m["hash_weights"]["tensors"] == {"layer.2": [2, 64, 64], "layer.3": [2, 64, 64]}
+    assert not list(artifact.parent.glob(".*partial*"))
+
+
+def test_load_round_trip_matches_converted_model(artifact, llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    loaded = hatac.load(artifact, device="cpu")
+    fresh = hatac.convert(AutoModelForCausalLM.from_pretrained(llama_dir), hatac.HataConfig(rbits=64, budget=0.5, sink=1, recent=2, seed=3))
+    ids = torch.randint(3, 300, (2, 20))
+    a = loaded.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    b = fresh.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(a, b)
+    for layer, w in fresh.hash_weights.items():
+        assert torch.equal(loaded.hash_weights[layer], w)
+
+
+def test_inspect_and_generate(artifact):
+    code, output = _cli("inspect", artifact, "--graph")
+    assert code == 0, output
+    assert "hashed" in output and "dense" in output and "hamming_topk" in output and "sparse_attenti" in output
+    code, output = _cli("generate", artifact, "--prompt", "hello", "--max-new-tokens", 4)
+    assert code == 0, output
+
+
+def test_missing_model(tmp_path, calib_file):
+    code, output = _cli("convert", tmp_path / "nope", "--calib", calib_file, "-o", tmp_path / "o")
+    _assert_one_line_error(code, output, "does not exist")
+
+
+@pytest.mark.parametrize("content,pattern", [("", "has no samples"), ('{"text": "ok"}\n{"text": \n', "calib.jsonl:2: invalid JSON"), ('{"foo": 1}\n', "calib.jsonl:1")])
+def test_bad_calibration_file(llama_dir, tmp_path, content, pattern):
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text(content)
+    code, output = _cli("convert", llama_dir, "--calib", calib, "-o", tmp_path / "o")
+    _assert_one_line_error(code, output, pattern)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("opt,val,pattern", [("--rbits", 100, "--rbits"), ("--budget", 0, "--budget"), ("--budget", 2.5, "--budget"), ("--dense-layers", -1, "--dense-layers"), ("--hash", "nope", "--hash"), ("--dtype", "int3", "--dtype")])
+def test_option_out_of_range(llama_dir, calib_file, tmp_path, opt, val, pattern):
+    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", tmp_path / "o", opt, val)
+    _assert_one_line_error(code, output, pattern)
+
+
+def test_other_format_version(artifact, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact, bad)
+    m = json.loads((bad / MANIFEST_NAME).read_text())
+    m["format_version"] = 99
+    (bad / MANIFEST_NAME).write_text(json.dumps(m))
+    code, output = _cli("inspect", bad)
+    _assert_one_line_error(code, output, "format version 99")
+
+
+def test_manifest_not_matching_tensors(artifact, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact, bad)
+    m = json.loads((bad / MANIFEST_NAME).read_text())
+    m["hash_weights"]["tensors"]["layer.3"] = [2, 64, 128]
+    (bad / MANIFEST_NAME).write_text(json.dumps(m))
+    code, output = _cli("generate", bad, "--prompt", "x", "--max-new-tokens", 1)
+    _assert_one_line_error(code, output, "does not match its tensors")
+    code, output = _cli("inspect", tmp_path)
+    _assert_one_line_error(code, output, "not a hatac artifact")
+
+
+def test_unconvertible_architecture(tmp_path, calib_file, tiny_tok):
+    from models import save_tiny
+
+    src = save_tiny("gemma2-softcap", tmp_path / "g2", tiny_tok)
+    code, output = _cli("convert", src, "--calib", calib_file, "-o", tmp_path / "o")
+    _assert_one_line_error(code, output, "cannot rewrite layer 0")
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_convert_leaves_no_half_written_dir(llama_dir, calib_file, tmp_path, monkeypatch):
+    from hatac import artifact as art
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(art, "save_file", boom)  # dies after the weights are written, before the manifest
+    out = tmp_path / "o"
+    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", out)
+    assert code == 130 and "interrupted" in output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_overwrite(llama_dir, calib_file, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", out)
+    _assert_one_line_error(code, output, "--overwrite")
+    assert (out / "keep.txt").exists()
