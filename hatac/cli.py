@@ -5,7 +5,6 @@ Every user-facing failure is a :class:`HatacError`, printed as one ``error:`` li
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -99,7 +98,7 @@ def convert(
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration prompts, JSON Lines with 'text' or chat 'messages'."),
     output: Path = typer.Option(..., "-o", "--output", help="Artifact folder to write."),
     rbits: int = typer.Option(128, help="Hash bits r per key (a multiple of 32)."),
-    budget: float = typer.Option(0.0313, help="Tokens attended per KV head: a fraction of the context (< 1) or a count (>= 1)."),
+    budget: float = typer.Option(512, help="Tokens attended per KV head: a fraction of the context (< 1) or a count (>= 1)."),
     dense_layers: int = typer.Option(2, help="The first N layers stay dense."),
     sink: int = typer.Option(0, help="First tokens always kept."),
     recent: int = typer.Option(0, help="Most recent tokens always kept."),
@@ -202,18 +201,22 @@ def generate(
 
 @app.command()
 def demo(
-    output: Path = typer.Option(Path(os.environ.get("HATAC_CACHE", Path.home() / ".cache" / "hatac")) / "artifacts" / "smollm2-hata", "-o", "--output"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: <hatac cache>/artifacts/smollm2-hata)."),
     hash: str = typer.Option("random", "--hash", help="random or learned"),
     prompt: str = typer.Option("What is the capital of France?", "--prompt"),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens"),
+    budget: float = typer.Option(16, help="Tokens attended per KV head; small, so a short prompt already decodes sparsely."),
 ):
     """Convert the bundled SmolLM2-135M-Instruct with examples/calib.jsonl, then generate with it."""
 
     def run():
+        from hatac.assets import cache_root
+
+        dest = output or cache_root() / "artifacts" / "smollm2-hata"
         if not EXAMPLE_CALIB.is_file():
             raise HatacError(f"the example calibration file {EXAMPLE_CALIB} is missing")
-        _convert("smollm2", EXAMPLE_CALIB, output, 128, 0.0313, 2, 0, 0, hash, 0, None, None, [], True, 2048)
-        _generate(output, prompt, max_new_tokens, None, False, True, 0)
+        _convert("smollm2", EXAMPLE_CALIB, dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
+        _generate(dest, prompt, max_new_tokens, None, False, True, 0)
 
     _run(run)
 

@@ -19,7 +19,7 @@ class HataConfig:
     """Settings of a conversion. ``budget`` < 1 is a fraction of the current context, >= 1 a token count."""
 
     rbits: int = 128
-    budget: float = 0.0313
+    budget: float = 512.0
     dense_layers: int = 2
     sink: int = 0
     recent: int = 0
