@@ -24,8 +24,11 @@ class HataCache(Cache):
 
     is_compileable = False
 
-    def __init__(self, layers: dict[int, LayerSpec], dtype: torch.dtype, device: torch.device | str, capacity: int = 0):
+    def __init__(self, layers: dict[int, LayerSpec], dtype: torch.dtype, device: torch.device | str, capacity: int = 0, static: bool = False):
         super().__init__(layers=[])
+        # static: the capacity is fixed at ``capacity`` and tensors keep their addresses (CUDA graphs).
+        self.static = static
+        self.static_step = None
         self.specs = layers
         self.dtype = dtype
         self.device = torch.device(device)
@@ -56,7 +59,10 @@ class HataCache(Cache):
     def ensure(self, batch: int, needed: int) -> None:
         """Make room for ``needed`` slots per row, copying what is cached."""
         if not self.tensors:
-            self.tensors = self._alloc(batch, max(needed, self.initial_capacity, 16))
+            if self.static and needed > self.initial_capacity:
+                raise ValueError(f"static cache of {self.initial_capacity} slots cannot hold {needed}")
+            cap = self.initial_capacity if self.static else max(needed, self.initial_capacity, 16)
+            self.tensors = self._alloc(batch, cap)
             self.lengths = torch.zeros(batch, dtype=torch.int64, device=self.device)
             self.host_lengths = [0] * batch
             return
@@ -64,6 +70,8 @@ class HataCache(Cache):
             raise ValueError(f"cache holds {self.batch_size} rows, step has {batch}")
         if needed <= self.capacity:
             return
+        if self.static:
+            raise ValueError(f"static cache of {self.capacity} slots cannot hold {needed}")
         new_cap = max(needed, 2 * self.capacity)
         grown = self._alloc(batch, new_cap)
         for name, t in self.tensors.items():
@@ -72,7 +80,7 @@ class HataCache(Cache):
 
     def advance(self, n_new: list[int], n_new_device: torch.Tensor) -> None:
         self.host_lengths = [a + b for a, b in zip(self.host_lengths, n_new)]
-        self.lengths = self.lengths + n_new_device
+        self.lengths.add_(n_new_device)
 
     # -- transformers Cache API -----------------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -82,9 +90,11 @@ class HataCache(Cache):
         return -1
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if not self.tensors:
+            return
         idx = beam_idx.to(self.device)
-        self.tensors = {k: t.index_select(0, idx) for k, t in self.tensors.items()}
-        self.lengths = self.lengths.index_select(0, idx)
+        for t in [*self.tensors.values(), self.lengths]:  # in place: addresses stay valid for CUDA graphs
+            t.copy_(t.index_select(0, idx))
         host = beam_idx.tolist()
         self.host_lengths = [self.host_lengths[i] for i in host]
 
@@ -95,11 +105,11 @@ class HataCache(Cache):
         self.reorder_cache(torch.arange(self.batch_size).repeat_interleave(repeats))
 
     def reset(self) -> None:
-        self.tensors, self.lengths, self.host_lengths = {}, None, []
+        self.tensors, self.lengths, self.host_lengths, self.static_step = {}, None, [], None
 
     def crop(self, max_length: int) -> None:
         self.host_lengths = [min(n, max_length) for n in self.host_lengths]
-        self.lengths = self.lengths.clamp_max(max_length)
+        self.lengths.clamp_(max=max_length)
 
     def __len__(self) -> int:
         return len(self.specs)

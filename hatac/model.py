@@ -67,8 +67,13 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
     def decode_graph(self) -> fx.GraphModule:
         return self.graphs[DECODE]
 
-    def new_cache(self, capacity: int = 0) -> HataCache:
-        return HataCache(self.layers, dtype=self.hf_model.dtype, device=self.device, capacity=capacity)
+    # Prefill longer prompts in chunks of this many tokens (bounds activation memory: 128K prompts fit).
+    prefill_chunk: int = 8192
+    # On CUDA, generate() uses a static cache and a compiled, CUDA-graph-captured decode step.
+    static_decode: bool = True
+
+    def new_cache(self, capacity: int = 0, static: bool = False) -> HataCache:
+        return HataCache(self.layers, dtype=self.hf_model.dtype, device=self.device, capacity=capacity, static=static)
 
     def topk_width(self, max_length: int) -> int:
         """Selection width covering every hashed layer's budget at contexts up to ``max_length``."""
@@ -99,13 +104,38 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
 
     def step(self, cache: HataCache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, mode: str | None = None, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
         """Run one chunk through the prefill (default for > 1 token) or decode graph; returns logits."""
-        mode = mode or (PREFILL if input_ids.shape[1] > 1 else DECODE)
+        s = input_ids.shape[1]
+        mode = mode or (PREFILL if s > 1 else DECODE)
+        if mode == PREFILL and s > self.prefill_chunk:
+            return self._chunked_prefill(cache, input_ids, attention_mask, logits_to_keep)
+        if mode == DECODE and s == 1 and cache.static and self.static_decode and cache.tensors:
+            if cache.static_step is None:
+                from hatac.static_decode import StaticDecodeStep
+
+                cache.static_step = StaticDecodeStep(self, cache)
+            return cache.static_step(input_ids)
         inputs, n_host, n_dev = self.step_inputs(cache, input_ids, attention_mask, mode, logits_to_keep)
         logits = self.graphs[mode](**inputs)
         cache.advance(n_host, n_dev)
         if not self.has_logits_to_keep and isinstance(logits_to_keep, int) and logits_to_keep > 0:
             logits = logits[:, -logits_to_keep:]
         return logits
+
+    def _chunked_prefill(self, cache: HataCache, input_ids, attention_mask, logits_to_keep) -> torch.Tensor:
+        s, c = input_ids.shape[1], self.prefill_chunk
+        cache.ensure(input_ids.shape[0], cache.get_seq_length() + s)
+        if isinstance(logits_to_keep, torch.Tensor):
+            raise ValueError("chunked prefill takes logits_to_keep as a count")
+        keep = s if logits_to_keep == 0 else logits_to_keep
+        outs = []
+        for start in range(0, s, c):
+            end = min(start + c, s)
+            mask = None if attention_mask is None else attention_mask[:, attention_mask.shape[1] - s + start : attention_mask.shape[1] - s + end]
+            chunk_keep = max(0, min(end - start, keep - (s - end)))
+            logits = self.step(cache, input_ids[:, start:end], mask, PREFILL, chunk_keep if chunk_keep else 1)
+            if chunk_keep:
+                outs.append(logits[:, -chunk_keep:])
+        return torch.cat(outs, dim=1)
 
     # -- transformers ---------------------------------------------------------------------------------
     def forward(
@@ -125,7 +155,16 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
 
     def generate(self, *args, **kwargs):
         if kwargs.get("past_key_values") is None:
-            kwargs["past_key_values"] = self.new_cache()
+            static = self.device.type == "cuda" and self.static_decode
+            capacity = 0
+            if static:
+                ids = args[0] if args else kwargs.get("input_ids")
+                gc = kwargs.get("generation_config") or self.generation_config
+                max_new = kwargs.get("max_new_tokens") or gc.max_new_tokens
+                if max_new is None:
+                    max_new = max(1, (kwargs.get("max_length") or gc.max_length) - ids.shape[1])
+                capacity = ids.shape[1] + max_new
+            kwargs["past_key_values"] = self.new_cache(capacity=capacity, static=static)
         return super().generate(*args, **kwargs)
 
     def get_input_embeddings(self):

@@ -1,0 +1,82 @@
+"""Decode steps with static shapes: a preallocated cache, a fixed selection width, in-place position
+updates, the step compiled with ``torch.compile`` and, on CUDA, captured in a CUDA graph.
+
+Everything a step needs lives in tensors that keep their address: the token ids buffer, the cache
+tensors and the row lengths (which double as the new token's position and write slot). A replay
+therefore needs no host synchronization and no allocation; the host only keeps its own copy of the
+lengths by counting steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hatac.cache import HataCache
+from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
+
+
+class StaticDecodeStep:
+    """One decode step of ``model`` over ``cache`` (whose capacity must not change afterwards).
+
+    ``compile``: wrap the decode graph in ``torch.compile(fullgraph=True)``; ``cuda_graph``: capture
+    the step (graph call plus the length update) in a CUDA graph and replay it.
+    """
+
+    def __init__(self, model, cache: HataCache, compile: bool = True, cuda_graph: bool | None = None, backend: str = "inductor"):
+        if not cache.tensors:
+            raise ValueError("allocate the cache (prefill) before building a static decode step")
+        self.model, self.cache = model, cache
+        self.batch = cache.batch_size
+        self.capacity = cache.capacity
+        device = cache.lengths.device
+        self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.ids = torch.zeros(self.batch, 1, dtype=torch.long, device=device)
+        self.keep = torch.zeros(1, dtype=torch.long, device=device)
+        self.width = model.topk_width(self.capacity)
+        graph = model.decode_graph
+        self.fn = torch.compile(graph, fullgraph=True, dynamic=False, backend=backend) if compile else graph
+        self.graph = None
+        self.out = None
+        if self.cuda_graph:
+            self._capture()
+
+    def _inputs(self) -> dict:
+        pos = self.cache.lengths.view(self.batch, 1)
+        inputs = {"input_ids": self.ids, "position_ids": pos, WRITE_POS: pos, **self.cache.tensors}
+        if any(s.hashed for s in self.model.layers.values()):
+            inputs[TOPK_WIDTH] = self.width
+        if self.model.has_logits_to_keep:
+            inputs["logits_to_keep"] = self.keep
+        return inputs
+
+    def _step(self) -> torch.Tensor:
+        logits = self.fn(**self._inputs())
+        self.cache.lengths.add_(1)
+        return logits
+
+    def _capture(self) -> None:
+        saved = self.cache.lengths.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm up (compilation, autotuning) off the capture
+            for _ in range(3):
+                self._step()
+                self.cache.lengths.copy_(saved)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._step()
+        self.cache.lengths.copy_(saved)  # the warm-up and capture wrote past the valid slots only
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row; returns logits (B, 1, V). Rows must have room: lengths < capacity."""
+        if max(self.cache.host_lengths) >= self.capacity:
+            raise ValueError(f"static cache full ({self.capacity} slots)")
+        self.ids.copy_(input_ids.view(self.batch, 1))
+        if self.graph is not None:
+            self.graph.replay()
+            logits = self.out
+        else:
+            logits = self._step()
+        self.cache.host_lengths = [n + 1 for n in self.cache.host_lengths]
+        return logits
