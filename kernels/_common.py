@@ -1,0 +1,81 @@
+"""Helpers shared by hatac's Triton kernels: interpreter detection, popcount, keep counts.
+
+Two interpreter traps decide the constexpr flags passed to every kernel: under ``TRITON_INTERPRET=1``
+``libdevice.popc`` does not run (so a SWAR popcount is used there) and a bf16 ``tl.dot`` returns garbage
+(so operands are cast to float32 there).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def hw_flag(t: torch.Tensor) -> bool:
+    """Whether compiled-GPU code paths (hardware popcount, 16-bit dots) may be used for this tensor."""
+    return t.is_cuda and not interpreting()
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def budget_args(budget: float) -> tuple[bool, int, int]:
+    """(is_fraction, fixed_want, float64 bits of the fraction) for the in-kernel keep count.
+
+    The fraction travels as its float64 bit pattern (an int64 argument) so that the kernel's
+    ceil(length * budget) is rounded exactly like the float64 reference, with no device tensor to build.
+    """
+    if budget >= 1:
+        return False, int(budget), 0
+    if budget <= 0:  # the reference clamps ceil(length * budget) to at least one token
+        return False, 1, 0
+    bits = struct.unpack("<q", struct.pack("<d", float(budget)))[0]
+    return True, 0, bits
+
+
+@triton.jit
+def popcount(x, HW_POPC: tl.constexpr):
+    """Population count of int32 words: the hardware instruction on GPU, SWAR bit-twiddling otherwise."""
+    if HW_POPC:
+        return libdevice.popc(x)
+    else:
+        v = x.to(tl.uint32, bitcast=True)
+        v = v - ((v >> 1) & 0x55555555)
+        v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+        v = (v + (v >> 4)) & 0x0F0F0F0F
+        v = (v * 0x01010101) >> 24
+        return v.to(tl.int32)
+
+
+@triton.jit
+def select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC: tl.constexpr):
+    """Valid range and number of tokens to select for a query at position ``pos``.
+
+    Mirrors reference.valid_range / keep_counts, then caps by the slots that exist (< T) and the output
+    width K. Returns (lo, hi_clamped, length, n_sel).
+    """
+    hi = pos + 1
+    lo = tl.where(window > 0, tl.maximum(hi - window, 0), 0)
+    length = hi - lo
+    if IS_FRAC:
+        frac = budget_bits.to(tl.float64, bitcast=True)
+        want = tl.maximum(tl.ceil(length.to(tl.float64) * frac).to(tl.int32), 1)
+    else:
+        want = want_fixed + length * 0
+    want = tl.maximum(want, sink + recent)
+    n_keep = tl.minimum(want, length)
+    hi_c = tl.minimum(hi, T)
+    n_valid = tl.maximum(hi_c - lo, 0)
+    n_sel = tl.maximum(tl.minimum(tl.minimum(n_keep, n_valid), K), 0)
+    return lo, hi_c, length, n_sel

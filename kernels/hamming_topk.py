@@ -1,0 +1,312 @@
+"""Exact Hamming top-k selection as a counting (threshold) select, split over the cache in three launches.
+
+Scores are small integers (sum over the G query heads of an r-bit Hamming distance, at most G*r), so the
+k-th smallest is found by counting rather than sorting. Every token's rank key is ``0`` when forced (sink
+or recent), else ``score + 1``; the k smallest keys win, ties to the lower slot (reference.select_topk).
+
+1. ``_score_kernel`` (rows x splits): reads the key codes once, scores them, writes int16 keys and a
+   coarse histogram (key >> SHIFT) of its split.
+2. ``_fine_kernel``: sums the coarse histograms into the coarse bin holding the k-th key, and histograms
+   the low bits of the keys in that bin, per split.
+3. ``_write_kernel``: sums the fine histograms into the exact threshold key and how many keys equal to it
+   are kept, then writes the winners in slot order at offsets given by the earlier splits' counts, and
+   pads with -1. Output is sorted ascending by construction, with no sort.
+
+Scoring uses bit planes rather than G popcounts a word: with c the number of the G query heads whose bit is
+set, the summed distance at a bit is ``k ? G - c : c``. Written in binary, plane j of that is
+``P_j ^ (k & (P_j ^ N_j))`` (P_j, N_j: plane j of c and of G - c, fixed for the row), so a word costs one
+popcount per plane (1 + log2 G of them, one fewer for even G whose parity plane does not depend on k)
+instead of G.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hatac.kernels._common import budget_args, hw_flag, next_pow2, popcount, select_count
+
+_NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
+_ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
+
+
+@triton.jit
+def _row_coords(row, S, Hkv):
+    s = row % S
+    kv = (row // S) % Hkv
+    b = row // (S * Hkv)
+    return b, kv, s
+
+
+@triton.jit
+def _score_kernel(
+    qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr,
+    S, Hkv, T, CHUNK, n_splits, window, sink, recent,
+    sqb, sqh, sqs, sqw,
+    skb, skh,
+    spb, sps,
+    G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
+    L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
+    SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    b, kv, s = _row_coords(row, S, Hkv)
+    pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
+    hi = pos + 1
+    lo = tl.where(window > 0, tl.maximum(hi - window, 0), 0)
+    length = hi - lo
+    c0 = split * CHUNK
+    start = tl.maximum(c0, lo)
+    end = tl.minimum(tl.minimum(c0 + CHUNK, hi), T)
+
+    # Bit planes of c (how many of the G query heads set each bit) and of G - c, per word.
+    g = tl.arange(0, GP)
+    w = tl.arange(0, NWP)
+    bit = tl.arange(0, 32)
+    qc = tl.load(
+        qc_ptr + b.to(tl.int64) * sqb + (kv * G + g)[:, None] * sqh + s * sqs + w[None, :] * sqw,
+        mask=(g[:, None] < G) & (w[None, :] < NW), other=0,
+    )
+    c = tl.sum((qc[:, :, None] >> bit[None, None, :]) & 1, axis=0)  # (NWP, 32)
+    cn = tl.where(w[:, None] < NW, G - c, 0)
+    jv = J0 + tl.arange(0, LP)
+    p_pl = tl.sum(((c[:, None, :] >> jv[None, :, None]) & 1) << bit[None, None, :], axis=2)  # (NWP, LP)
+    n_pl = tl.sum(((cn[:, None, :] >> jv[None, :, None]) & 1) << bit[None, None, :], axis=2)
+    x_pl = p_pl ^ n_pl
+    if J0 == 1:  # even G: the parity plane equals that of c whatever the key's bit, a constant
+        par = tl.sum((c & 1) << bit[None, :], axis=1)
+        base = tl.sum(popcount(par, HW_POPC), axis=0)
+    else:
+        base = 0
+
+    hist = tl.zeros((NCB,), dtype=tl.int32)
+    n_out = 0
+    k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
+    key_base = keys_ptr + row.to(tl.int64) * T
+    first = (start - c0) // BLOCK_T
+    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    for i in range(first, last):
+        t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
+        inr = (t >= start) & (t < end)
+        if NWP == NW:
+            kmask = inr[:, None]
+        else:
+            kmask = inr[:, None] & (w[None, :] < NW)
+        # Codes are (T, NW) contiguous: a token's words are one vector load; one thread owns a token.
+        kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=kmask, other=0)
+        score = tl.zeros((BLOCK_T,), dtype=tl.int32) + base
+        for j in tl.static_range(L - J0):
+            pj = tl.sum(tl.where(jv[None, :] == J0 + j, p_pl, 0), axis=1)  # loop-invariant
+            xj = tl.sum(tl.where(jv[None, :] == J0 + j, x_pl, 0), axis=1)
+            dj = pj[None, :] ^ (kw & xj[None, :])
+            score += tl.sum(popcount(dj, HW_POPC), axis=1) << (J0 + j)
+        rel = t - lo
+        forced = (rel < sink) | (rel >= length - recent)
+        key = tl.where(forced, 0, score + 1)
+        tl.store(key_base + t, key, mask=t < T)  # whole block (this split's own slots): vector stores
+        hist += tl.histogram(tl.where(inr, key >> SHIFT, 0), NCB)
+        n_out += BLOCK_T - tl.sum(inr.to(tl.int32), axis=0)
+    bins = tl.arange(0, NCB)
+    hist -= tl.where(bins == 0, n_out, 0)  # out-of-range lanes were counted in bin 0
+    tl.store(hist_ptr + (row.to(tl.int64) * n_splits + split) * NCB + bins, hist)
+
+
+@triton.jit
+def _fine_kernel(
+    qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr,
+    S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
+    spb, sps,
+    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
+    NSP: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    b, kv, s = _row_coords(row, S, Hkv)
+    pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
+    lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
+    sp = tl.arange(0, NSP)
+    bins = tl.arange(0, NCB)
+    h1 = tl.load(hist1_ptr + (row.to(tl.int64) * n_splits + sp[:, None]) * NCB + bins[None, :], mask=sp[:, None] < n_splits, other=0)
+    cum = tl.cumsum(tl.sum(h1, axis=0), axis=0)
+    cb = tl.sum((cum < n_sel).to(tl.int32), axis=0)  # the coarse bin holding the n_sel-th smallest key
+    if split == 0:
+        tl.store(cb_ptr + row, cb)
+
+    c0 = split * CHUNK
+    start = tl.maximum(c0, lo)
+    end = tl.minimum(c0 + CHUNK, hi_c)
+    fine = tl.zeros((NFB,), dtype=tl.int32)
+    less = 0
+    n_out = 0
+    key_base = keys_ptr + row.to(tl.int64) * T
+    first = (start - c0) // BLOCK_T
+    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    for i in range(first, last):
+        t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
+        inr = (t >= start) & (t < end)
+        key = tl.load(key_base + t, mask=t < T, other=0).to(tl.int32)  # a mask constant over vectors
+        coarse = key >> SHIFT
+        less += tl.sum((inr & (coarse < cb)).to(tl.int32), axis=0)
+        match = inr & (coarse == cb)
+        fine += tl.histogram(tl.where(match, key & (NFB - 1), 0), NFB)
+        n_out += BLOCK_T - tl.sum(match.to(tl.int32), axis=0)
+    fb = tl.arange(0, NFB)
+    fine -= tl.where(fb == 0, n_out, 0)
+    tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine)
+    tl.store(less_ptr + row * n_splits + split, less)
+
+
+@triton.jit
+def _write_kernel(
+    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr,
+    S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
+    spb, sps,
+    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    b, kv, s = _row_coords(row, S, Hkv)
+    pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
+    lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
+    sp = tl.arange(0, NSP)
+    fb = tl.arange(0, NFB)
+    spm = sp < n_splits
+    h2 = tl.load(hist2_ptr + (row.to(tl.int64) * n_splits + sp[:, None]) * NFB + fb[None, :], mask=spm[:, None], other=0)
+    less_sp = tl.load(less_ptr + row * n_splits + sp, mask=spm, other=0)
+    cb = tl.load(cb_ptr + row)
+    tot = tl.sum(h2, axis=0)
+    need_f = n_sel - tl.sum(less_sp, axis=0)
+    f_bin = tl.sum((tl.cumsum(tot, axis=0) < need_f).to(tl.int32), axis=0)
+    theta = (cb << SHIFT) + f_bin  # the n_sel-th smallest key
+    below = n_sel - need_f + tl.sum(tl.where(fb < f_bin, tot, 0), axis=0)
+    need_eq = n_sel - below  # keys equal to theta that are kept: the first ones in slot order
+    less_s = less_sp + tl.sum(tl.where(fb[None, :] < f_bin, h2, 0), axis=1)
+    eq_s = tl.sum(tl.where(fb[None, :] == f_bin, h2, 0), axis=1)
+    before = sp < split
+    eq_seen = tl.sum(tl.where(before, eq_s, 0), axis=0)
+    out_pos = tl.sum(tl.where(before, less_s, 0), axis=0) + tl.minimum(eq_seen, need_eq)
+
+    c0 = split * CHUNK
+    start = tl.maximum(c0, lo)
+    end = tl.minimum(c0 + CHUNK, hi_c)
+    key_base = keys_ptr + row.to(tl.int64) * T
+    out_base = idx_ptr + row.to(tl.int64) * K
+    first = (start - c0) // BLOCK_T
+    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    for i in range(first, last):
+        t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
+        inr = (t >= start) & (t < end)
+        key = tl.load(key_base + t, mask=t < T, other=0).to(tl.int32)  # a mask constant over vectors
+        is_eq = (inr & (key == theta)).to(tl.int32)
+        eq_rank = eq_seen + tl.cumsum(is_eq, axis=0)
+        sel = (inr & (key < theta)) | ((is_eq != 0) & (eq_rank <= need_eq))
+        sel_i = sel.to(tl.int32)
+        tl.store(out_base + out_pos + tl.cumsum(sel_i, axis=0) - 1, t, mask=sel)
+        out_pos += tl.sum(sel_i, axis=0)
+        eq_seen += tl.sum(is_eq, axis=0)
+    if split == 0:
+        for p0 in range(0, K, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            tl.store(out_base + p, tl.full((BLOCK_P,), -1, tl.int32), mask=(p >= n_sel) & (p < K))
+
+
+def plan(g: int, rbits: int) -> dict:
+    """Histogram geometry for scores in [0, g * rbits]: keys in [0, g * rbits + 1]."""
+    max_key = g * rbits + 1
+    shift = 1  # at least two fine bins
+    while (max_key >> shift) + 1 > _NCB_MAX:
+        shift += 1
+    ncb = next_pow2((max_key >> shift) + 1)
+    bits = g.bit_length()  # planes of values 0..g
+    j0 = 1 if g % 2 == 0 else 0
+    return dict(SHIFT=shift, NCB=ncb, NFB=1 << shift, L=bits, LP=next_pow2(bits - j0), J0=j0,
+                key_dtype=torch.int16 if max_key < 2**15 else torch.int32)
+
+
+def _splits(n_rows: int, t: int, block_t: int) -> tuple[int, int]:
+    """Splits of the cache per row (at most 32: later launches read every split's histogram) and their
+    length in slots, aiming at about 2048 programs."""
+    want = max(1, min(32, next_pow2(triton.cdiv(2048, n_rows))))
+    chunk = triton.cdiv(triton.cdiv(t, want), block_t) * block_t
+    return triton.cdiv(t, chunk), chunk
+
+
+def _block_t(codes: torch.Tensor) -> int:
+    return 512 if hw_flag(codes) else 64
+
+
+def score_keys(
+    q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, sink: int = 0, recent: int = 0, window: int = 0
+):
+    """Launch 1 alone: (keys (rows, T), coarse histograms, plan, n_splits, chunk). Keys outside a row's
+    valid range are left unwritten. Also the scoring half of the scores + torch.topk alternative."""
+    b, hq, s, nw = q_codes.shape
+    hkv, t = k_codes.shape[1], k_codes.shape[2]
+    if k_codes.stride(3) != 1 or k_codes.stride(2) != nw:
+        k_codes = k_codes.contiguous()  # the score kernel reads a token's words as one vector
+    g = hq // hkv
+    p = plan(g, nw * 32)
+    n_rows = b * hkv * s
+    block_t = _block_t(q_codes)
+    n_splits, chunk = _splits(n_rows, t, block_t)
+    keys = torch.empty((n_rows, t), dtype=p["key_dtype"], device=q_codes.device)
+    hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
+    _score_kernel[(n_rows, n_splits)](
+        q_codes, k_codes, q_pos, keys, hist1,
+        s, hkv, t, chunk, n_splits, window, sink, recent,
+        *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
+        G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"],
+        SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), num_warps=4,
+    )
+    return keys, hist1, p, n_splits, chunk
+
+
+def hamming_topk(
+    q_codes: torch.Tensor,
+    k_codes: torch.Tensor,
+    q_pos: torch.Tensor,
+    k: int,
+    budget: float,
+    sink: int = 0,
+    recent: int = 0,
+    window: int = 0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Triton body of ``hatac::hamming_topk``: (B, Hkv, S, k) int32 slots, ascending, -1 padded."""
+    b, hq, s, nw = q_codes.shape
+    hkv, t = k_codes.shape[1], k_codes.shape[2]
+    if out is None:
+        out = torch.empty((b, hkv, s, k), dtype=torch.int32, device=q_codes.device)
+    if s > _ROW_CHUNK:  # bound the per-call key buffer; decode never comes here
+        for c0 in range(0, s, _ROW_CHUNK):
+            out[:, :, c0 : c0 + _ROW_CHUNK] = hamming_topk(
+                q_codes[:, :, c0 : c0 + _ROW_CHUNK], k_codes, q_pos[:, c0 : c0 + _ROW_CHUNK], k, budget, sink, recent, window
+            )
+        return out
+    if out.numel() == 0:
+        return out
+    if t == 0:
+        return out.fill_(-1)
+    n_rows = b * hkv * s
+    keys, hist1, p, n_splits, chunk = score_keys(q_codes, k_codes, q_pos, sink, recent, window)
+    nsp = next_pow2(n_splits)
+    block_t = 2 * _block_t(q_codes)
+    dev = q_codes.device
+    hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
+    less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
+    cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
+    is_frac, want_fixed, budget_bits = budget_args(budget)
+    grid = (n_rows, n_splits)
+    common = (s, hkv, t, k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
+    _fine_kernel[grid](
+        q_pos, keys, hist1, hist2, less, cb, *common,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, num_warps=4,
+    )
+    _write_kernel[grid](
+        q_pos, keys, hist2, less, cb, out, *common,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, num_warps=4,
+    )
+    return out

@@ -1,0 +1,195 @@
+"""Hash encoding in one Triton kernel: projection x @ W, sign, and bit packing into int32 words.
+
+Two forms:
+
+- prefill (:func:`hash_encode`): a program takes a tile of rows of one head against that head's W, one
+  32-bit word (32 columns of W) at a time, so the float projection never reaches memory;
+- decode step (:func:`hash_encode_step`): a program takes the G query heads and the new key of one KV
+  head (they share W) and writes the key's code straight into the code cache at ``write_pos``, so a
+  decode step hashes with one launch and no separate cache write.
+
+Semantics are those of ``reference.hash_encode`` (bit j of word c is ``x @ W[:, 32c + j] > 0``). The
+projection keeps float32 accuracy on the tensor cores (16-bit operands multiply exactly; float32 W is
+split into two tf32 halves), so a bit can differ from the reference only where the projection is about zero.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hatac.kernels._common import hw_flag, next_pow2
+
+
+@triton.jit
+def _pack_word(proj):
+    """(M, 32) float projections -> (M,) int32 words, bit j set where column j is > 0."""
+    bit = tl.arange(0, 32)
+    return tl.sum(tl.where(proj > 0, 1, 0) << bit[None, :], axis=1)
+
+
+@triton.jit
+def _tf32_hi(v):
+    """v with the mantissa bits tf32 drops cleared: exactly representable in tf32."""
+    return (v.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _project(x, wt, MODE: tl.constexpr):
+    """x @ wt with float32 accuracy. MODE 0: both 16-bit, one native dot (products are exact).
+    MODE 1: x 16-bit (exact in tf32), W split into tf32 hi + lo: two tensor-core dots.
+    MODE 2: both float32, split both: three dots. MODE 3: plain float32 (the interpreter)."""
+    if MODE == 0:
+        return tl.dot(x, wt)
+    elif MODE == 3:
+        return tl.dot(x.to(tl.float32), wt.to(tl.float32), input_precision="ieee")
+    else:
+        xf = x.to(tl.float32)
+        wf = wt.to(tl.float32)
+        w_hi = _tf32_hi(wf)
+        w_lo = wf - w_hi
+        if MODE == 1:
+            acc = tl.dot(xf, w_lo, input_precision="tf32")
+            return tl.dot(xf, w_hi, acc, input_precision="tf32")
+        else:
+            x_hi = _tf32_hi(xf)
+            x_lo = xf - x_hi
+            acc = tl.dot(x_lo, w_hi, input_precision="tf32")
+            acc = tl.dot(x_hi, w_lo, acc, input_precision="tf32")
+            return tl.dot(x_hi, w_hi, acc, input_precision="tf32")
+
+
+@triton.jit
+def _encode_kernel(
+    x_ptr, w_ptr, out_ptr,
+    S, H, G, D,
+    sxb, sxh, sxs, sxd,
+    swh, swd, swr,
+    sob, soh, sos, sow,
+    NW: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    MODE: tl.constexpr,
+):
+    pid_s = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    kv = h // G
+    rows = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    col = tl.arange(0, 32)
+    x = tl.load(
+        x_ptr + b.to(tl.int64) * sxb + h * sxh + rows[:, None].to(tl.int64) * sxs + d[None, :] * sxd,
+        mask=(rows[:, None] < S) & (d[None, :] < D), other=0.0,
+    )
+    out_base = out_ptr + b.to(tl.int64) * sob + h * soh + rows.to(tl.int64) * sos
+    for c in tl.static_range(NW):
+        wt = tl.load(w_ptr + kv * swh + d[:, None] * swd + (c * 32 + col)[None, :] * swr, mask=d[:, None] < D, other=0.0)
+        code = _pack_word(_project(x, wt, MODE))
+        tl.store(out_base + c * sow, code, mask=rows < S)
+
+
+@triton.jit
+def _encode_step_kernel(
+    q_ptr, k_ptr, w_ptr, qc_ptr, kc_ptr, wp_ptr,
+    S, Hkv, G, D, T,
+    sqb, sqh, sqs, sqd,
+    skb, skh, sks, skd,
+    swh, swd, swr,
+    scb, sch, scs, scw,
+    skcb, skch, skct, skcw,
+    swpb, swps,
+    NW: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    s = pid % S
+    kv = (pid // S) % Hkv
+    b = pid // (S * Hkv)
+    r = tl.arange(0, ROWS)  # rows 0..G-1: the query heads of this KV head; row G: the new key
+    d = tl.arange(0, BLOCK_D)
+    dm = d[None, :] < D
+    xq = tl.load(
+        q_ptr + b.to(tl.int64) * sqb + (kv * G + r)[:, None] * sqh + s * sqs + d[None, :] * sqd,
+        mask=(r[:, None] < G) & dm, other=0.0,
+    )
+    xk = tl.load(
+        k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + d[None, :] * skd + r[:, None] * 0,
+        mask=(r[:, None] == G) & dm, other=0.0,
+    )
+    x = xq.to(tl.float32) + xk.to(tl.float32)  # the masks are disjoint; exact for 16-bit inputs
+    wpos = tl.load(wp_ptr + b * swpb + s * swps).to(tl.int64)
+    q_out = qc_ptr + b.to(tl.int64) * scb + (kv * G + r) * sch + s * scs
+    k_out = kc_ptr + b.to(tl.int64) * skcb + kv * skch + wpos * skct + r * 0
+    wv = wpos + r * 0  # a tensor, not a scalar: the interpreter mistypes bool-tensor & bool-scalar
+    k_mask = (r == G) & (wv >= 0) & (wv < T)
+    col = tl.arange(0, 32)
+    for c in tl.static_range(NW):
+        wt = tl.load(w_ptr + kv * swh + d[:, None] * swd + (c * 32 + col)[None, :] * swr, mask=d[:, None] < D, other=0.0)
+        code = _pack_word(_project(x, wt, MODE))
+        tl.store(q_out + c * scw, code, mask=r < G)
+        tl.store(k_out + c * skcw, code, mask=k_mask)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _mode(hw: bool, x_dtypes, w_dtype, native_ok: bool = True) -> int:
+    """The _project MODE for these operand dtypes (see there)."""
+    if not hw:
+        return 3
+    if all(dt in _HALF for dt in x_dtypes):
+        return 0 if native_ok and all(dt == w_dtype for dt in x_dtypes) else 1
+    return 2
+
+
+def _check(x: torch.Tensor, w: torch.Tensor) -> tuple[int, int]:
+    hkv, d_w, r = w.shape
+    if x.shape[-1] != d_w or x.shape[1] % hkv or r % 32:
+        raise ValueError(f"hash_encode: x {tuple(x.shape)} does not fit W {tuple(w.shape)}")
+    return hkv, r // 32
+
+
+def hash_encode(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton body of ``hatac::hash_encode``: (B, H, S, D) x (Hkv, D, R) -> (B, H, S, R/32) int32."""
+    b, h, s, d = x.shape
+    hkv, nw = _check(x, w)
+    if out is None:
+        out = torch.empty((b, h, s, nw), dtype=torch.int32, device=x.device)
+    if out.numel() == 0:
+        return out
+    mode = _mode(hw_flag(x), [x.dtype], w.dtype)
+    block_d = max(16, next_pow2(d))
+    block_s = 16 if s <= 16 else (32 if block_d > 128 else 64)
+    grid = (triton.cdiv(s, block_s), b * h)
+    _encode_kernel[grid](
+        x, w, out, s, h, h // hkv, d,
+        *x.stride(), *w.stride(), *out.stride(),
+        NW=nw, BLOCK_S=block_s, BLOCK_D=block_d,
+        MODE=mode, num_warps=8 if mode in (1, 2) or block_d > 128 else 4,
+    )
+    return out
+
+
+def hash_encode_step(
+    q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, k_codes: torch.Tensor, write_pos: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Triton body of ``hatac::hash_encode_step``: one launch encodes the query heads and the new keys,
+    writing the keys' codes into ``k_codes`` at ``write_pos``; returns the query codes."""
+    b, hq, s, d = q.shape
+    hkv, nw = _check(q, w)
+    if k.shape != (b, hkv, s, d) or k_codes.shape[3] != nw or write_pos.shape != (b, s):
+        raise ValueError("hash_encode_step: shapes of q, k, k_codes and write_pos do not agree")
+    g = hq // hkv
+    if out is None:
+        out = torch.empty((b, hq, s, nw), dtype=torch.int32, device=q.device)
+    if out.numel() == 0:
+        return out
+    _encode_step_kernel[(b * hkv * s,)](
+        q, k, w, out, k_codes, write_pos,
+        s, hkv, g, d, k_codes.shape[2],
+        *q.stride(), *k.stride(), *w.stride(), *out.stride(), *k_codes.stride(), *write_pos.stride(),
+        NW=nw, ROWS=max(16, next_pow2(g + 1)), BLOCK_D=max(16, next_pow2(d)),
+        MODE=_mode(hw_flag(q), [q.dtype, k.dtype], w.dtype, native_ok=False), num_warps=4 if d <= 128 else 8,
+    )
+    return out

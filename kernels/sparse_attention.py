@@ -1,0 +1,155 @@
+"""Sparse attention over selected cache slots: flash-decoding with gathered K/V rows.
+
+A program owns one (batch, KV head, query row) and one contiguous piece of that row's selection: it
+gathers the selected K and V rows, runs an online softmax for the G query heads of the KV head together
+(so each gathered row is read once for the whole group), and writes a normalised partial output and its
+log-sum-exp. A second small launch merges the pieces. Splitting the selection, not the heads, is what
+fills the GPU at batch 1 where there are only Hkv rows.
+
+Slots equal to -1 are skipped; a query with nothing selected gets zeros (reference.sparse_attention).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hatac.kernels._common import hw_flag, next_pow2
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attn_split_kernel(
+    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr,
+    qk_scale, S, Hkv, K, D, DV, CHUNK, n_splits,
+    sqb, sqh, sqs, sqd,
+    skb, skh, skt, skd,
+    svb, svh, svt, svd,
+    sib, sih, sis, sik,
+    G: tl.constexpr, GP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    F32_DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    s = row % S
+    kv = (row // S) % Hkv
+    b = row // (S * Hkv)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(
+        q_ptr + b.to(tl.int64) * sqb + (kv * G + g)[:, None] * sqh + s * sqs + d[None, :] * sqd,
+        mask=(g[:, None] < G) & (d[None, :] < D), other=0.0,
+    )
+    if F32_DOT:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b.to(tl.int64) * skb + kv.to(tl.int64) * skh
+    v_base = v_ptr + b.to(tl.int64) * svb + kv.to(tl.int64) * svh
+    i_base = idx_ptr + b.to(tl.int64) * sib + kv * sih + s * sis
+    m = tl.full((GP,), float("-inf"), tl.float32)
+    l = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, BLOCK_DV), tl.float32)
+    n_lo = split * CHUNK
+    n_hi = tl.minimum(n_lo + CHUNK, K)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        slot = tl.load(i_base + n * sik, mask=n < n_hi, other=-1)
+        used = slot >= 0
+        slot64 = slot.to(tl.int64)
+        kt = tl.load(k_base + slot64[:, None] * skt + d[None, :] * skd, mask=used[:, None] & (d[None, :] < D), other=0.0)
+        vt = tl.load(v_base + slot64[:, None] * svt + dv[None, :] * svd, mask=used[:, None] & (dv[None, :] < DV), other=0.0)
+        if F32_DOT:
+            logits = tl.dot(q, tl.trans(kt.to(tl.float32)), input_precision=PRECISION)
+        else:
+            logits = tl.dot(q, tl.trans(kt.to(q.dtype)))
+        logits = tl.where(used[None, :], logits * qk_scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(logits, axis=1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no live slot yet: keep exp2 finite
+        alpha = tl.exp2(m - m_ref)
+        p = tl.exp2(logits - m_ref[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        if F32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision=PRECISION)
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        m = m_new
+    live = l > 0
+    o = acc / tl.where(live, l, 1.0)[:, None]
+    lse = tl.where(live, m + tl.log2(tl.where(live, l, 1.0)), float("-inf"))
+    part = (row.to(tl.int64) * n_splits + split) * G + g
+    tl.store(o_ptr + part[:, None] * DV + dv[None, :], o, mask=(g[:, None] < G) & (dv[None, :] < DV))
+    tl.store(lse_ptr + part, lse, mask=g < G)
+
+
+@triton.jit
+def _attn_combine_kernel(
+    o_ptr, lse_ptr, out_ptr,
+    S, Hkv, DV, n_splits,
+    sob, soh, sos, sod,
+    G: tl.constexpr, NSP: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row = pid // G
+    g = pid % G
+    s = row % S
+    kv = (row // S) % Hkv
+    b = row // (S * Hkv)
+    sp = tl.arange(0, NSP)
+    dv = tl.arange(0, BLOCK_DV)
+    part = (row.to(tl.int64) * n_splits + sp) * G + g
+    lse = tl.load(lse_ptr + part, mask=sp < n_splits, other=float("-inf"))
+    top = tl.max(lse, axis=0)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    wgt = tl.exp2(lse - top)  # 0 for empty splits
+    o = tl.load(o_ptr + part[:, None] * DV + dv[None, :], mask=(sp[:, None] < n_splits) & (dv[None, :] < DV), other=0.0)
+    total = tl.sum(wgt, axis=0)
+    res = tl.sum(o * wgt[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    dst = out_ptr + b.to(tl.int64) * sob + (kv * G + g) * soh + s * sos + dv * sod
+    tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=dv < DV)
+
+
+def _splits(n_rows: int, k: int, block_n: int) -> tuple[int, int]:
+    """Pieces of each row's selection, aiming at about four programs per multiprocessor (132 on H100)."""
+    want = max(1, min(64, triton.cdiv(528, n_rows), triton.cdiv(k, block_n)))
+    chunk = triton.cdiv(triton.cdiv(k, want), block_n) * block_n
+    return triton.cdiv(k, chunk), chunk
+
+
+def sparse_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor, scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Triton body of ``hatac::sparse_attention``: (B, Hq, S, Dv) in q's dtype."""
+    b, hq, s, d = q.shape
+    hkv, dv = k_cache.shape[1], v_cache.shape[3]
+    kk = indices.shape[-1]
+    g = hq // hkv
+    if out is None:
+        out = torch.empty((b, hq, s, dv), dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if kk == 0:
+        return out.zero_()
+    hw = hw_flag(q)
+    f32 = (not hw) or q.dtype == torch.float32 or k_cache.dtype == torch.float32 or v_cache.dtype == torch.float32
+    block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))
+    wide = (block_d + block_dv) * (4 if f32 else 2) > 512
+    block_n = 32 if (wide or not hw) else 64
+    n_rows = b * hkv * s
+    n_splits, chunk = _splits(n_rows, kk, block_n)
+    o_part = torch.empty((n_rows, n_splits, g, dv), dtype=torch.float32, device=q.device)
+    lse_part = torch.empty((n_rows, n_splits, g), dtype=torch.float32, device=q.device)
+    _attn_split_kernel[(n_rows, n_splits)](
+        q, k_cache, v_cache, indices, o_part, lse_part,
+        float(scale) * _LOG2E, s, hkv, kk, d, dv, chunk, n_splits,
+        *q.stride(), *k_cache.stride(), *v_cache.stride(), *indices.stride(),
+        G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        F32_DOT=f32, PRECISION="ieee", num_warps=8 if (f32 and block_d >= 128) else 4, num_stages=2,
+    )
+    _attn_combine_kernel[(n_rows * g,)](
+        o_part, lse_part, out, s, hkv, dv, n_splits, *out.stride(),
+        G=g, NSP=next_pow2(n_splits), BLOCK_DV=block_dv, num_warps=1 if block_dv <= 128 else 2,
+    )
+    return out

@@ -1,0 +1,321 @@
+"""Triton kernels against the PyTorch references (hatac.reference), on fresh random inputs.
+
+Without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before the kernel
+modules are imported) on tiny shapes. The same checks marked ``gpu`` run compiled on CUDA tensors with
+larger shapes, plus dispatch through ``torch.ops.hatac``, torch.compile(fullgraph=True) and CUDA-graph
+capture. Outputs are poisoned before every kernel call, so an unwritten element fails the check.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+triton = pytest.importorskip("triton")
+
+from hatac import reference as ref  # noqa: E402
+
+_MODULES = ["_common", "hash_encode", "hamming_topk", "sparse_attention"]
+
+
+def _kernel_modules():
+    """The kernel modules, re-imported in interpreter mode if something imported them compiled first."""
+    import hatac.kernels  # noqa: F401
+
+    mods = {m: sys.modules[f"hatac.kernels.{m}"] for m in _MODULES}
+    if INTERPRET:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(mods["hash_encode"]._encode_kernel, InterpretedFunction):
+            mods = {m: importlib.reload(mods[m]) for m in _MODULES}
+    return mods
+
+
+K = _kernel_modules()
+POISON = -123456789
+
+interp = pytest.mark.skipif(not INTERPRET, reason="interpreter checks run where there is no CUDA device")
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device, compiled Triton")]
+
+
+def _codes(shape, device, gen, distinct=None):
+    if distinct is None:
+        return torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, generator=gen).to(device)
+    pool = torch.randint(-(2**31), 2**31 - 1, (distinct, shape[-1]), dtype=torch.int32, generator=gen)
+    pick = torch.randint(0, distinct, shape[:-1], generator=gen)
+    return pool[pick].to(device)
+
+
+# ---------------------------------------------------------------------------------------------- encode
+
+
+def _assert_codes(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    """Bits equal the reference's except where the projection is within float32 rounding of zero."""
+    want = ref.hash_encode(x.cpu(), w.cpu())
+    got = got.cpu()
+    assert got.shape == want.shape
+    diff = ref.unpack_bits(got ^ want)
+    if diff.any():
+        b, h, s, d = x.shape
+        hkv = w.shape[0]
+        xd = x.cpu().double().reshape(b, hkv, (h // hkv) * s, d)
+        proj = torch.matmul(xd, w.cpu().double().unsqueeze(0)).reshape(b, h, s, -1)
+        tol = 1e-5 * torch.matmul(xd.abs(), w.cpu().double().abs().unsqueeze(0)).reshape(b, h, s, -1)
+        bad = diff & (proj.abs() > tol)
+        assert not bad.any(), f"{int(bad.sum())} code bits differ away from zero projections"
+
+
+def _check_encode(device, b, h, hkv, s, d, r, dtype, w_dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, h, s, d, generator=gen).to(device, dtype)
+    w = torch.randn(hkv, d, r, generator=gen).to(device, w_dtype)
+    out = torch.full((b, h, s, r // 32), POISON, dtype=torch.int32, device=device)
+    K["hash_encode"].hash_encode(x, w, out=out)
+    _assert_codes(out, x, w)
+
+
+def _check_encode_step(device, b, hkv, g, s, d, r, t, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hkv * g, s, d, generator=gen).to(device, dtype)
+    k = torch.randn(b, hkv, s, d, generator=gen).to(device, dtype)
+    w = torch.randn(hkv, d, r, generator=gen).to(device)
+    codes = torch.full((b, hkv, t, r // 32), POISON, dtype=torch.int32, device=device)
+    want_codes = codes.clone()
+    write_pos = torch.stack([torch.randperm(t, generator=gen)[:s] for _ in range(b)]).to(device)
+    out = torch.full((b, hkv * g, s, r // 32), POISON, dtype=torch.int32, device=device)
+    K["hash_encode"].hash_encode_step(q, k, w, codes, write_pos, out=out)
+    ref.hash_encode_step(q, k, w, want_codes, write_pos)
+    _assert_codes(out, q, w)
+    written = torch.zeros(b, t, dtype=torch.bool)
+    written.scatter_(1, write_pos.cpu(), True)
+    assert torch.equal(codes.cpu()[~written.unsqueeze(1).expand(b, hkv, t)], want_codes.cpu()[~written.unsqueeze(1).expand(b, hkv, t)])
+    got_k = codes.cpu()[torch.arange(b)[:, None], :, write_pos.cpu()]  # (B, S, Hkv, NW)
+    _assert_codes(got_k.permute(0, 2, 1, 3).contiguous(), k, w)
+
+
+ENCODE_SMALL = [
+    # b, h, hkv, s, d, r, dtype, w dtype
+    (1, 2, 1, 3, 32, 32, torch.float32, torch.float32),
+    (2, 4, 2, 17, 64, 64, torch.bfloat16, torch.float32),
+    (1, 3, 3, 5, 48, 96, torch.float16, torch.float32),
+]
+ENCODE_GPU = [
+    (2, 32, 8, 1, 128, 128, torch.bfloat16, torch.float32),
+    (1, 8, 8, 300, 128, 128, torch.bfloat16, torch.float32),
+    (2, 16, 4, 70, 64, 256, torch.float16, torch.float16),
+    (1, 4, 2, 33, 256, 64, torch.bfloat16, torch.bfloat16),
+    (1, 6, 2, 9, 96, 96, torch.float32, torch.float32),
+]
+
+
+@interp
+@pytest.mark.parametrize("case", ENCODE_SMALL)
+def test_hash_encode_interp(case):
+    _check_encode("cpu", *case, seed=hash(case) % 1000)
+
+
+@interp
+@pytest.mark.parametrize("case", [(2, 2, 2, 1, 64, 64, 9, torch.bfloat16), (1, 1, 3, 2, 32, 96, 5, torch.float32)])
+def test_hash_encode_step_interp(case):
+    _check_encode_step("cpu", *case, seed=1)
+
+
+@pytest.mark.parametrize("case", ENCODE_GPU)
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_hash_encode_gpu(case):
+    for seed in range(2):
+        _check_encode("cuda", *case, seed=seed)
+
+
+@pytest.mark.parametrize(
+    "case", [(8, 8, 4, 1, 128, 128, 4096, torch.bfloat16), (2, 2, 16, 3, 64, 256, 100, torch.float16), (1, 4, 1, 1, 256, 32, 10, torch.float32)]
+)
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_hash_encode_step_gpu(case):
+    _check_encode_step("cuda", *case, seed=3)
+
+
+# ---------------------------------------------------------------------------------------------- select
+
+
+def _check_topk(device, b, hkv, g, s, t, nw, k, budget, sink, recent, window, seed, distinct=None, pos=None):
+    gen = torch.Generator().manual_seed(seed)
+    qc = _codes((b, hkv * g, s, nw), device, gen, distinct)
+    kc = _codes((b, hkv, t, nw), device, gen, distinct)
+    if pos is None:  # rows of different lengths, query rows in order within a batch row
+        last = torch.randint(0, t, (b, 1), generator=gen)
+        pos = (last - torch.arange(s).flip(0)).clamp_min(0)
+    pos = pos.to(device)
+    out = torch.full((b, hkv, s, k), POISON, dtype=torch.int32, device=device)
+    K["hamming_topk"].hamming_topk(qc, kc, pos, k, budget, sink, recent, window, out=out)
+    want = ref.hamming_topk(qc.cpu(), kc.cpu(), pos.cpu(), k, budget, sink, recent, window)
+    assert torch.equal(out.cpu(), want), f"selection differs in {int((out.cpu() != want).sum())} places"
+
+
+TOPK_SMALL = [
+    # b, hkv, g, s, t, nw, k, budget, sink, recent, window
+    (2, 2, 2, 1, 100, 2, 16, 16.0, 0, 0, 0),
+    (2, 1, 4, 1, 90, 4, 5, 0.05, 0, 0, 0),
+    (1, 2, 3, 2, 77, 1, 12, 0.1, 2, 3, 0),
+    (2, 2, 1, 1, 64, 3, 10, 8.0, 1, 1, 20),
+    (1, 1, 8, 1, 50, 8, 20, 20.0, 4, 4, 0),  # G * R = 2048: a wide fine histogram
+    (1, 2, 2, 1, 40, 2, 64, 64.0, 0, 0, 0),  # budget above every length: everything kept, padded
+    (1, 1, 2, 1, 30, 2, 4, 0.5, 0, 0, 0),  # width below the keep count
+]
+
+
+@interp
+@pytest.mark.parametrize("case", TOPK_SMALL)
+def test_hamming_topk_interp(case):
+    _check_topk("cpu", *case, seed=sum(map(hash, case)) % 1000)
+
+
+@interp
+def test_hamming_topk_ties_interp():
+    _check_topk("cpu", 1, 2, 2, 1, 120, 1, 16, 16.0, 1, 2, 0, seed=5, distinct=3)
+
+
+TOPK_GPU = [
+    (8, 8, 4, 1, 32768, 4, 1024, 0.03125, 0, 0, 0),
+    (1, 8, 4, 1, 70000, 4, 1094, 0.015625, 4, 64, 0),
+    (2, 4, 8, 1, 9000, 8, 300, 300.0, 0, 0, 4096),
+    (2, 2, 1, 1, 5000, 1, 128, 128.0, 0, 0, 0),
+    (1, 4, 4, 5, 3000, 4, 100, 0.03, 1, 1, 0),
+    (3, 2, 6, 1, 4000, 3, 256, 256.0, 0, 8, 0),
+    (1, 1, 32, 1, 2000, 2, 64, 64.0, 0, 0, 0),
+]
+
+
+@pytest.mark.parametrize("case", TOPK_GPU)
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_hamming_topk_gpu(case):
+    for seed in range(2):
+        _check_topk("cuda", *case, seed=seed)
+    _check_topk("cuda", *case, seed=7, distinct=5)  # many ties
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+
+def _check_attention(device, b, hkv, g, s, t, d, kk, dtype, seed, tol):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hkv * g, s, d, generator=gen).to(device, dtype)
+    kc = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
+    vc = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
+    idx = torch.full((b, hkv, s, kk), -1, dtype=torch.int32)
+    for bi in range(b):
+        for h in range(hkv):
+            for si in range(s):
+                n = int(torch.randint(0, min(kk, t) + 1, (1,), generator=gen))
+                if bi == 0 and h == 0 and si == 0 and b * hkv * s > 1:
+                    n = 0  # a query with nothing selected gets zeros
+                idx[bi, h, si, :n] = torch.randperm(t, generator=gen)[:n].sort().values.to(torch.int32)
+    idx = idx.to(device)
+    scale = 1 / math.sqrt(d)
+    out = torch.full((b, hkv * g, s, d), float("nan"), dtype=dtype, device=device)
+    K["sparse_attention"].sparse_attention(q, kc, vc, idx, scale, out=out)
+    want = ref.sparse_attention(q.cpu().double(), kc.cpu().double(), vc.cpu().double(), idx.cpu(), scale)
+    got = out.cpu().double()
+    assert torch.isfinite(got).all()
+    err = ((got - want).norm() / want.norm()).item()
+    assert err < tol, f"relative error {err:.2e}"
+    assert (got[0, :g, 0] == 0).all()
+
+
+@interp
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 2, 2, 1, 50, 32, 20, torch.float32, 1e-5),
+        (1, 2, 4, 2, 40, 64, 33, torch.bfloat16, 1e-2),
+        (1, 1, 3, 2, 30, 48, 8, torch.float16, 1e-3),
+    ],
+)
+def test_sparse_attention_interp(case):
+    _check_attention("cpu", *case[:-1], seed=2, tol=case[-1])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (8, 8, 4, 1, 8192, 128, 1024, torch.bfloat16, 1e-2),
+        (1, 8, 4, 1, 4096, 128, 2048, torch.bfloat16, 1e-2),
+        (2, 2, 8, 3, 1000, 64, 100, torch.float16, 2e-3),
+        (1, 2, 2, 1, 1000, 256, 300, torch.bfloat16, 1e-2),
+        (2, 4, 1, 1, 600, 96, 64, torch.float32, 1e-4),
+        (1, 1, 32, 1, 500, 128, 200, torch.bfloat16, 1e-2),
+    ],
+)
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_sparse_attention_gpu(case):
+    _check_attention("cuda", *case[:-1], seed=4, tol=case[-1])
+
+
+# ---------------------------------------------------------------------------------------------- integration
+
+
+def test_import_registers_without_gpu():
+    import hatac.kernels as kernels
+
+    assert kernels.AVAILABLE
+    assert {"hash_encode", "hash_encode_step", "hamming_topk", "sparse_attention"} <= set(kernels.KERNELS)
+
+
+def _decode_inputs(b=2, hkv=4, g=4, t=3000, d=128, r=128, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    dev, dt = "cuda", torch.bfloat16
+    q = torch.randn(b, hkv * g, 1, d, generator=gen).to(dev, dt)
+    k = torch.randn(b, hkv, 1, d, generator=gen).to(dev, dt)
+    w = torch.randn(hkv, d, r, generator=gen).to(dev)
+    kc = torch.randn(b, hkv, t, d, generator=gen).to(dev, dt)
+    vc = torch.randn(b, hkv, t, d, generator=gen).to(dev, dt)
+    codes = ref.hash_encode(kc.float().cpu(), w.cpu()).to(dev)
+    pos = torch.tensor([[t - 1], [t // 2]], device=dev)[:b]
+    return q, k, w, kc, vc, codes, pos
+
+
+def _decode_step(q, k, w, kc, vc, codes, pos):
+    ops = torch.ops.hatac
+    qc = ops.hash_encode_step(q, k, w, codes, pos)
+    idx = ops.hamming_topk(qc, codes, pos, 128, 128.0, 2, 8, 0)
+    return ops.sparse_attention(q, kc, vc, idx, 0.088)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_ops_dispatch_compile_and_graph_gpu():
+    """torch.ops.hatac on CUDA runs the Triton bodies; fullgraph compile and CUDA-graph replay agree."""
+    inputs = _decode_inputs()
+    cpu = [x.cpu() for x in inputs]
+    want = _decode_step(*cpu)
+    eager = _decode_step(*[x.clone() for x in inputs])
+    assert ((eager.cpu().double() - want.double()).norm() / want.double().norm()) < 1e-2
+    compiled = torch.compile(_decode_step, fullgraph=True)
+    got = compiled(*[x.clone() for x in inputs])
+    assert ((got.cpu().double() - want.double()).norm() / want.double().norm()) < 1e-2
+    static = [x.clone() for x in inputs]
+    _decode_step(*static)  # warm up: compile the kernels outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _decode_step(*static)
+    fresh = _decode_inputs(seed=1)
+    for dst, src in zip(static, fresh):
+        dst.copy_(src)
+    graph.replay()
+    want = _decode_step(*[x.cpu() for x in fresh])
+    assert ((out.cpu().double() - want.double()).norm() / want.double().norm()) < 1e-2
