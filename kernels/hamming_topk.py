@@ -28,6 +28,8 @@ import triton.language as tl
 from hatac.kernels._common import budget_args, hw_flag, next_pow2, popcount, select_count
 
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
+# Launch geometry (GPU); examples/tune_kernels.py sweeps these.
+CONFIG = {"score_block_t": 512, "score_warps": 4, "select_block_t": 1024, "select_warps": 4, "programs": 2048, "max_splits": 32}
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 
 
@@ -229,13 +231,13 @@ def plan(g: int, rbits: int) -> dict:
 def _splits(n_rows: int, t: int, block_t: int) -> tuple[int, int]:
     """Splits of the cache per row (at most 32: later launches read every split's histogram) and their
     length in slots, aiming at about 2048 programs."""
-    want = max(1, min(32, next_pow2(triton.cdiv(2048, n_rows))))
+    want = max(1, min(CONFIG["max_splits"], next_pow2(triton.cdiv(CONFIG["programs"], n_rows))))
     chunk = triton.cdiv(triton.cdiv(t, want), block_t) * block_t
     return triton.cdiv(t, chunk), chunk
 
 
 def _block_t(codes: torch.Tensor) -> int:
-    return 512 if hw_flag(codes) else 64
+    return CONFIG["score_block_t"] if hw_flag(codes) else 64
 
 
 def score_keys(
@@ -259,7 +261,7 @@ def score_keys(
         s, hkv, t, chunk, n_splits, window, sink, recent,
         *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
         G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"],
-        SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), num_warps=4,
+        SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), num_warps=CONFIG["score_warps"],
     )
     return keys, hist1, p, n_splits, chunk
 
@@ -293,7 +295,7 @@ def hamming_topk(
     n_rows = b * hkv * s
     keys, hist1, p, n_splits, chunk = score_keys(q_codes, k_codes, q_pos, sink, recent, window)
     nsp = next_pow2(n_splits)
-    block_t = 2 * _block_t(q_codes)
+    block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else 128
     dev = q_codes.device
     hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
     less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
@@ -303,10 +305,10 @@ def hamming_topk(
     common = (s, hkv, t, k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
     _fine_kernel[grid](
         q_pos, keys, hist1, hist2, less, cb, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, num_warps=4,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, num_warps=CONFIG["select_warps"],
     )
     _write_kernel[grid](
         q_pos, keys, hist2, less, cb, out, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, num_warps=4,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, num_warps=CONFIG["select_warps"],
     )
     return out

@@ -18,6 +18,8 @@ import triton.language as tl
 from hatac.kernels._common import hw_flag, next_pow2
 
 _LOG2E = 1.4426950408889634
+# Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
+CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64}
 
 
 @triton.jit
@@ -112,7 +114,7 @@ def _attn_combine_kernel(
 
 def _splits(n_rows: int, k: int, block_n: int) -> tuple[int, int]:
     """Pieces of each row's selection, aiming at about four programs per multiprocessor (132 on H100)."""
-    want = max(1, min(64, triton.cdiv(528, n_rows), triton.cdiv(k, block_n)))
+    want = max(1, min(CONFIG["max_splits"], triton.cdiv(CONFIG["programs"], n_rows), triton.cdiv(k, block_n)))
     chunk = triton.cdiv(triton.cdiv(k, want), block_n) * block_n
     return triton.cdiv(k, chunk), chunk
 
@@ -136,7 +138,7 @@ def sparse_attention(
     f32 = (not hw) or q.dtype == torch.float32 or k_cache.dtype == torch.float32 or v_cache.dtype == torch.float32
     block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))
     wide = (block_d + block_dv) * (4 if f32 else 2) > 512
-    block_n = 32 if (wide or not hw) else 64
+    block_n = 32 if (wide or not hw) else CONFIG["block_n"]
     n_rows = b * hkv * s
     n_splits, chunk = _splits(n_rows, kk, block_n)
     o_part = torch.empty((n_rows, n_splits, g, dv), dtype=torch.float32, device=q.device)
@@ -146,7 +148,7 @@ def sparse_attention(
         float(scale) * _LOG2E, s, hkv, kk, d, dv, chunk, n_splits,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *indices.stride(),
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        F32_DOT=f32, PRECISION="ieee", num_warps=8 if (f32 and block_d >= 128) else 4, num_stages=2,
+        F32_DOT=f32, PRECISION="ieee", num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"],
     )
     _attn_combine_kernel[(n_rows * g,)](
         o_part, lse_part, out, s, hkv, dv, n_splits, *out.stride(),

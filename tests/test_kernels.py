@@ -202,8 +202,7 @@ TOPK_GPU = [
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_hamming_topk_gpu(case):
-    for seed in range(2):
-        _check_topk("cuda", *case, seed=seed)
+    _check_topk("cuda", *case, seed=0)
     _check_topk("cuda", *case, seed=7, distinct=5)  # many ties
 
 

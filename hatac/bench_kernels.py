@@ -1,0 +1,303 @@
+"""``hatac bench kernels``: one HATA decode step on the GPU against dense SDPA decode.
+
+For each batch size, context length and budget it times (triton.testing.do_bench, median, L2 flushed
+between repetitions): dense ``scaled_dot_product_attention(enable_gqa=True)`` over the full cache, and
+hatac's three decode stages (hash_encode_step, hamming_topk, sparse_attention), alone and together (plain
+launches and replayed from a CUDA graph). It reports the speedup over dense, the memory floor of the step
+(the bytes it must read over the copy bandwidth measured in the same run) and the fraction of that floor
+reached, and the context where hatac starts to beat dense. The kernels are first checked against the
+references. Results go to ``out_dir`` as JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hatac import reference as ref
+
+DEFAULT_CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+DEFAULT_BUDGETS = (1 / 64, 1 / 32)  # 1.56% and 3.13%: 512 / 1024 tokens at 32K, 2048 / 4096 at 128K
+DEVICE = "cuda"  # tests of this module's logic swap in "cpu" (with Triton's interpreter)
+
+
+def _kernels():
+    import hatac.kernels  # noqa: F401  (registers the CUDA bodies)
+
+    mods = sys.modules
+    return (
+        mods["hatac.kernels.hash_encode"],
+        mods["hatac.kernels.hamming_topk"],
+        mods["hatac.kernels.sparse_attention"],
+    )
+
+
+def _bench(fn) -> float:
+    """Median milliseconds of fn, events around each call, L2 flushed in between."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
+
+
+def _graph_bench(fn) -> float:
+    """Median milliseconds of fn replayed from a CUDA graph (launch overhead removed)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return _bench(graph.replay)
+
+
+def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=DEVICE).uniform_()
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src))
+    del src, dst
+    return 2 * n_bytes / (ms * 1e-3)
+
+
+def check(seed: int = 0) -> dict:
+    """Kernels against the references on one decode-shaped problem (and a short prefill encode)."""
+    enc, sel, att = _kernels()
+    gen = torch.Generator().manual_seed(seed)
+    b, hq, hkv, d, r, t = 2, 32, 8, 128, 128, 6000
+    dev, dt = DEVICE, torch.bfloat16
+    q = torch.randn(b, hq, 1, d, generator=gen).to(dev, dt)
+    kn = torch.randn(b, hkv, 1, d, generator=gen).to(dev, dt)
+    w = torch.randn(hkv, d, r, generator=gen).to(dev)
+    kc = torch.randn(b, hkv, t, d, generator=gen).to(dev, dt)
+    vc = torch.randn(b, hkv, t, d, generator=gen).to(dev, dt)
+    pos = torch.tensor([[t - 1], [t // 3]], device=dev)
+    codes = enc.hash_encode(kc, w)
+    codes_ref = ref.hash_encode(kc.cpu(), w.cpu())
+    enc_bits = float((ref.unpack_bits(codes.cpu() ^ codes_ref)).float().mean())
+    codes_ref = codes_ref.to(dev)
+    cr = codes_ref.clone()
+    qc = enc.hash_encode_step(q, kn, w, codes_ref, pos)
+    qc_ref = ref.hash_encode_step(q.cpu(), kn.cpu(), w.cpu(), cr.cpu().clone(), pos.cpu())
+    step_bits = float((ref.unpack_bits(qc.cpu() ^ qc_ref)).float().mean())
+    res = {"encode_bit_mismatch": enc_bits, "encode_step_bit_mismatch": step_bits}
+    for budget in DEFAULT_BUDGETS:
+        k = ref.topk_width(t, budget)
+        idx = sel.hamming_topk(qc_ref.to(dev), codes_ref, pos, k, budget)
+        idx_ref = ref.hamming_topk(qc_ref, codes_ref.cpu(), pos.cpu(), k, budget)
+        out = att.sparse_attention(q, kc, vc, idx, 1 / math.sqrt(d))
+        out_ref = ref.sparse_attention(q.cpu().double(), kc.cpu().double(), vc.cpu().double(), idx_ref, 1 / math.sqrt(d))
+        res[f"select_exact_budget_{budget:.4f}"] = bool(torch.equal(idx.cpu(), idx_ref))
+        res[f"attention_rel_err_budget_{budget:.4f}"] = float((out.cpu().double() - out_ref).norm() / out_ref.norm())
+    res["ok"] = (
+        enc_bits < 1e-4
+        and step_bits < 1e-4
+        and all(v for key, v in res.items() if key.startswith("select_exact"))
+        and all(v < 1e-2 for key, v in res.items() if key.startswith("attention_rel_err"))
+    )
+    return res
+
+
+def _fits(b: int, hkv: int, t: int, d: int, dt_bytes: int) -> bool:
+    free, _ = torch.cuda.mem_get_info()
+    need = 2 * b * hkv * t * d * dt_bytes * 1.2 + (256 << 20)
+    return need < free
+
+
+def _torch_topk_select(sel, qc, codes, pos, k):
+    """The alternative: scores from the same scoring kernel, then torch.topk and a sort (no -1 padding)."""
+    keys, *_ = sel.score_keys(qc, codes, pos)
+    t = keys.shape[1]
+    key = keys.to(torch.int32) * t + torch.arange(t, device=keys.device, dtype=torch.int32)
+    idx = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices
+    return torch.sort(idx, dim=-1).values
+
+
+def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt) -> tuple[list[dict], float]:
+    gen = torch.Generator(device=DEVICE).manual_seed(t + b)
+    dev = DEVICE
+    kc = torch.randn(b, hkv, t, d, device=dev, dtype=dt, generator=gen)
+    vc = torch.randn(b, hkv, t, d, device=dev, dtype=dt, generator=gen)
+    q = torch.randn(b, hq, 1, d, device=dev, dtype=dt, generator=gen)
+    kn = torch.randn(b, hkv, 1, d, device=dev, dtype=dt, generator=gen)
+    w = torch.randn(hkv, d, r, device=dev, generator=gen)
+    codes = enc.hash_encode(kc, w)
+    pos = torch.full((b, 1), t - 1, device=dev, dtype=torch.int64)
+    scale = 1 / math.sqrt(d)
+    if dense_ms is None:
+        dense_ms = _bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True))
+    rows = []
+    for budget in budgets:
+        k = ref.topk_width(t, budget)
+        qc = enc.hash_encode_step(q, kn, w, codes, pos)
+        idx = sel.hamming_topk(qc, codes, pos, k, budget)
+
+        def step():
+            qc_ = enc.hash_encode_step(q, kn, w, codes, pos)
+            idx_ = sel.hamming_topk(qc_, codes, pos, k, budget)
+            return att.sparse_attention(q, kc, vc, idx_, scale)
+
+        stage = {
+            "encode": _bench(lambda: enc.hash_encode_step(q, kn, w, codes, pos)),
+            "select": _bench(lambda: sel.hamming_topk(qc, codes, pos, k, budget)),
+            "attention": _bench(lambda: att.sparse_attention(q, kc, vc, idx, scale)),
+        }
+        total = _bench(step)
+        total_graph = _graph_bench(step)
+        nw = r // 32
+        floor_bytes = (
+            b * hkv * t * nw * 4  # every key code
+            + 2 * b * hkv * k * d * kc.element_size()  # the selected K and V rows
+            + hkv * d * r * 4 + 2 * q.numel() * q.element_size() + kn.numel() * kn.element_size()
+        )
+        dense_bytes = 2 * b * hkv * t * d * kc.element_size() + 2 * q.numel() * q.element_size()
+        row = {
+            "batch": b, "context": t, "budget": budget, "k": k,
+            "dense_ms": dense_ms, **{f"{n}_ms": v for n, v in stage.items()},
+            "total_ms": total, "total_graph_ms": total_graph,
+            "speedup": dense_ms / total, "speedup_graph": dense_ms / total_graph,
+            "floor_ms": floor_bytes / bw * 1e3, "floor_bytes": floor_bytes,
+            "dense_floor_ms": dense_bytes / bw * 1e3,
+        }
+        row["floor_fraction"] = row["floor_ms"] / total
+        row["floor_fraction_graph"] = row["floor_ms"] / total_graph
+        if alt:
+            row["select_torch_topk_ms"] = _bench(lambda: _torch_topk_select(sel, qc, codes, pos, k))
+        rows.append(row)
+    del kc, vc, codes
+    torch.cuda.empty_cache()
+    return rows, dense_ms
+
+
+def crossover(rows: list[dict], key: str = "speedup") -> dict:
+    """Per (batch, budget): the smallest measured context from which hatac beats dense at every longer one."""
+    out = {}
+    for b in sorted({r["batch"] for r in rows}):
+        for budget in sorted({r["budget"] for r in rows}):
+            sel = sorted((r for r in rows if r["batch"] == b and r["budget"] == budget), key=lambda r: r["context"])
+            at = None
+            for i in range(len(sel)):
+                if all(r[key] > 1 for r in sel[i:]):
+                    at = sel[i]["context"]
+                    break
+            out[f"batch{b}_budget{budget:.4f}"] = at
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        f"{'B':>2} {'ctx':>7} {'budget':>7} {'k':>5} {'dense':>8} {'encode':>7} {'select':>7} {'attn':>7} "
+        f"{'total':>7} {'graph':>7} {'speedup':>7} {'floor':>7} {'%floor':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['batch']:>2} {r['context']:>7} {r['budget'] * 100:>6.2f}% {r['k']:>5} {r['dense_ms'] * 1e3:>7.1f}u "
+            f"{r['encode_ms'] * 1e3:>6.1f}u {r['select_ms'] * 1e3:>6.1f}u {r['attention_ms'] * 1e3:>6.1f}u "
+            f"{r['total_ms'] * 1e3:>6.1f}u {r['total_graph_ms'] * 1e3:>6.1f}u {r['speedup']:>6.1f}x "
+            f"{r['floor_ms'] * 1e3:>6.1f}u {r['floor_fraction'] * 100:>5.0f}%"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    for b in sorted({r["batch"] for r in rows}):
+        dense = sorted({(r["context"], r["dense_ms"]) for r in rows if r["batch"] == b})
+        axes[0].plot([c for c, _ in dense], [m * 1e3 for _, m in dense], "k--" if b > 1 else "k:", label=f"dense SDPA, B={b}")
+        for budget in sorted({r["budget"] for r in rows}):
+            sel = sorted((r for r in rows if r["batch"] == b and r["budget"] == budget), key=lambda r: r["context"])
+            ctx = [r["context"] for r in sel]
+            label = f"B={b}, budget {budget * 100:.2f}%"
+            axes[0].plot(ctx, [r["total_ms"] * 1e3 for r in sel], "o-", label=f"hatac {label}")
+            axes[1].plot(ctx, [r["speedup"] for r in sel], "o-", label=label)
+            axes[2].plot(ctx, [r["floor_fraction"] * 100 for r in sel], "o-", label=label)
+    axes[0].set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decode attention step (us)", title="latency")
+    axes[1].set(xscale="log", xlabel="context (tokens)", ylabel="x over dense", title="speedup over dense SDPA")
+    axes[1].axhline(1, color="gray", lw=0.8)
+    axes[2].set(xscale="log", xlabel="context (tokens)", ylabel="% of memory floor", title="memory floor / measured", ylim=(0, 100))
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("hatac decode step (encode + select + sparse attention) vs dense, 32 q heads / 8 KV heads, d=128, r=128")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(
+    out_dir: str | Path,
+    batches=(1, 8),
+    contexts=DEFAULT_CONTEXTS,
+    budgets=DEFAULT_BUDGETS,
+    hq: int = 32,
+    hkv: int = 8,
+    head_dim: int = 128,
+    rbits: int = 128,
+    dtype: torch.dtype = torch.bfloat16,
+    torch_topk: bool = True,
+    log=print,
+) -> dict:
+    """Check, then time every (batch, context, budget); write kernels_bench.json / .png to out_dir."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("hatac bench kernels needs a CUDA device")
+    import triton
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc, sel, att = _kernels()
+    t0 = time.time()
+    checked = check()
+    log(f"correctness vs reference: {json.dumps(checked)}")
+    if not checked["ok"]:
+        raise RuntimeError(f"kernels disagree with the references: {checked}")
+    bw = copy_bandwidth()
+    log(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
+    rows, skipped = [], []
+    for b in batches:
+        for t in contexts:
+            if not _fits(b, hkv, t, head_dim, torch.finfo(dtype).bits // 8):
+                skipped.append({"batch": b, "context": t})
+                continue
+            new, _ = _one(b, t, budgets, hq, hkv, head_dim, rbits, dtype, bw, enc, sel, att, None, torch_topk)
+            rows += new
+            for r in new:
+                log(
+                    f"B={b} ctx={t} k={r['k']}: dense {r['dense_ms'] * 1e3:.1f} us, hatac {r['total_ms'] * 1e3:.1f} us "
+                    f"(graph {r['total_graph_ms'] * 1e3:.1f}), {r['speedup']:.1f}x"
+                )
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "shape": {"q_heads": hq, "kv_heads": hkv, "head_dim": head_dim, "rbits": rbits, "dtype": str(dtype)},
+        "copy_bandwidth_Bps": bw,
+        "check": checked,
+        "rows": rows,
+        "skipped": skipped,
+        "crossover_context": crossover(rows),
+        "crossover_context_graph": crossover(rows, "speedup_graph"),
+        "seconds": time.time() - t0,
+    }
+    (out_dir / "kernels_bench.json").write_text(json.dumps(result, indent=1))
+    try:
+        plot(rows, out_dir / "kernels_bench.png")
+    except ImportError:  # matplotlib is an optional extra
+        log("matplotlib missing: no plot")
+    log(table(rows))
+    log(f"hatac beats dense from (plain launches): {result['crossover_context']}")
+    log(f"hatac beats dense from (CUDA graph):     {result['crossover_context_graph']}")
+    return result
