@@ -58,14 +58,14 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     from hatac.calib_data import load_calibration
     from hatac.config import HataConfig
     from hatac.converter import convert
-    from hatac.passes.pipeline import load_pass
+    from hatac.passes.pipeline import load_pass, pass_spec
 
     config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed)
     dev = artifact.parse_device(device)
     dt = artifact.parse_dtype(dtype)
     user_passes = [load_pass(p) for p in passes]
     if calib is None and hash_method == "learned":
-        raise HatacError("--hash learned needs --calib FILE.jsonl")
+        raise HatacError("--hash learned (the default) needs --calib FILE.jsonl; pass --hash random for untrained hashing")
     if model_id == "smollm2":
         from hatac.assets import smollm2_dir
 
@@ -86,7 +86,8 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
         _progress(f"capturing and rewriting ({config.hash} hashing, r={rbits}, budget={budget})")
         hm = convert(model, config, samples=samples, passes=user_passes, progress=_progress)
     src_dir = artifact.resolve_model_dir(model_id)
-    artifact.save(hm, out_dir, tokenizer=tokenizer, source=model_id, source_dir=src_dir, passes=passes, overwrite=overwrite)
+    specs = [pass_spec(spec, p) for spec, p in zip(passes, user_passes)]  # replayable by hatac.load from anywhere
+    artifact.save(hm, out_dir, tokenizer=tokenizer, source=model_id, source_dir=src_dir, passes=specs, overwrite=overwrite)
     n_hashed = sum(s.hashed for s in hm.layers.values())
     _progress(f"wrote {out_dir}: {n_hashed}/{len(hm.layers)} layers hashed, {time.time() - t0:.1f}s")
     return hm, tokenizer
@@ -102,11 +103,11 @@ def convert(
     dense_layers: int = typer.Option(2, help="The first N layers stay dense."),
     sink: int = typer.Option(0, help="First tokens always kept."),
     recent: int = typer.Option(0, help="Most recent tokens always kept."),
-    hash: str = typer.Option("random", "--hash", help="Hash projections: random (sign random projection) or learned."),
+    hash: str = typer.Option("learned", "--hash", help="Hash projections: learned (calibrated on --calib) or random (sign random projection)."),
     seed: int = typer.Option(0, help="Seed for the hash projections."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
-    passes: List[str] = typer.Option([], "--pass", help="A user pass, module:Class or file.py:Class (repeatable)."),
+    passes: List[str] = typer.Option([], "--pass", help="A user pass, module:Class or file.py:Class, with arguments as ?key=value&... (repeatable)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     max_calib_tokens: int = typer.Option(16384, help="Cut each calibration sample to this many tokens."),
 ):

@@ -23,7 +23,7 @@ class HataConfig:
     dense_layers: int = 2
     sink: int = 0
     recent: int = 0
-    hash: str = "random"
+    hash: str = "learned"
     seed: int = 0
     # Layers kept dense beyond the first ``dense_layers`` (by index), e.g. from a user pass.
     extra_dense: tuple[int, ...] = ()

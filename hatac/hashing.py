@@ -40,20 +40,21 @@ def register_hash_method(name: str):
 
 
 def hash_weights_for(specs: dict[int, LayerSpec], config: HataConfig, inputs: HashingInputs) -> tuple[Weights, dict]:
+    import hatac.calibration.learned  # noqa: F401  (registers "learned")
+
     handler = _HANDLERS.get(config.hash)
     if handler is None:
         raise HatacError(f"no hash method {config.hash!r}; known: {', '.join(sorted(_HANDLERS))}")
     return handler(specs, config, inputs)
 
 
-def random_projection(spec: LayerSpec, seed: int) -> torch.Tensor:
-    """Standard-normal W for one layer, reproducible from (seed, layer) alone."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + spec.layer)
-    return torch.randn(spec.n_kv_heads, spec.head_dim, spec.rbits, generator=gen)
-
-
 @register_hash_method("random")
 def random_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: HashingInputs) -> tuple[Weights, dict]:
-    """Sign random projection: the untrained LSH baseline."""
-    weights = {layer: random_projection(s, config.seed) for layer, s in specs.items() if s.hashed}
+    """Sign random projection: the untrained LSH baseline, the very W learned hashing starts from."""
+    from hatac.calibration import random_weights
+
+    weights = {}
+    for layer, s in specs.items():
+        if s.hashed:
+            weights.update(random_weights([layer], s.n_kv_heads, s.head_dim, s.rbits, config.seed))
     return weights, {"method": "random", "seed": config.seed}

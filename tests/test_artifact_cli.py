@@ -29,7 +29,7 @@ def _assert_one_line_error(code, output, pattern):
 @pytest.fixture(scope="module")
 def artifact(llama_dir, calib_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "hata"
-    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", out, "--rbits", 64, "--budget", 0.5, "--sink", 1, "--recent", 2, "--seed", 3)
+    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", out, "--rbits", 64, "--budget", 0.5, "--sink", 1, "--recent", 2, "--seed", 3, "--hash", "random")
     assert code == 0, output
     return out
 
@@ -51,7 +51,7 @@ def test_load_round_trip_matches_converted_model(artifact, llama_dir):
     from transformers import AutoModelForCausalLM
 
     loaded = hatac.load(artifact, device="cpu")
-    fresh = hatac.convert(AutoModelForCausalLM.from_pretrained(llama_dir), hatac.HataConfig(rbits=64, budget=0.5, sink=1, recent=2, seed=3))
+    fresh = hatac.convert(AutoModelForCausalLM.from_pretrained(llama_dir), hatac.HataConfig(hash="random", rbits=64, budget=0.5, sink=1, recent=2, seed=3))
     ids = torch.randint(3, 300, (2, 20))
     a = loaded.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     b = fresh.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)

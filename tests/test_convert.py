@@ -19,7 +19,7 @@ def _hatac_ops(gm):
 @pytest.fixture(scope="module")
 def llama():
     m = tiny_model("llama")
-    return m, hatac.convert(m, hatac.HataConfig(budget=FULL, dense_layers=2, rbits=64))
+    return m, hatac.convert(m, hatac.HataConfig(hash="random", budget=FULL, dense_layers=2, rbits=64))
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -27,7 +27,7 @@ def test_architecture_full_budget_equals_dense_and_padding(arch):
     """Every attention node is rewritten; with the budget covering the context, greedy decoding is the
     dense model's token for token; a left-padded row decodes as it would alone."""
     model = tiny_model(arch)
-    hm = hatac.convert(model, hatac.HataConfig(budget=FULL, dense_layers=1, rbits=64))
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=FULL, dense_layers=1, rbits=64))
     n_layers = model.config.num_hidden_layers
     decode_ops = _hatac_ops(hm.decode_graph)
     assert decode_ops.count("hatac.sparse_attention.default") == n_layers - 1
@@ -57,7 +57,7 @@ def test_gqa_and_head_dims_are_covered():
 def test_soft_capping_is_refused_naming_layer_and_node():
     model = tiny_model("gemma2-softcap")
     with pytest.raises(HatacError, match=r"cannot rewrite layer 0 \(model\.layers\.0\.self_attn\), node \w+: .*soft-capping"):
-        hatac.convert(model, hatac.HataConfig())
+        hatac.convert(model, hatac.HataConfig(hash="random"))
 
 
 class _CountEncodes(TorchDispatchMode):
@@ -104,7 +104,7 @@ class _RecordSelections(TorchDispatchMode):
 @pytest.mark.parametrize("budget", [0.25, 5])
 def test_budget_fraction_or_count(budget):
     model = tiny_model("llama")
-    hm = hatac.convert(model, hatac.HataConfig(budget=budget, dense_layers=2, rbits=64, sink=1, recent=1))
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=budget, dense_layers=2, rbits=64, sink=1, recent=1))
     rec = _RecordSelections()
     with rec:
         hm.generate(torch.randint(3, 300, (1, 30)), max_new_tokens=4, do_sample=False, pad_token_id=0)
@@ -117,7 +117,7 @@ def test_budget_fraction_or_count(budget):
 
 def test_sparse_budget_changes_attention_but_decodes(llama):
     model, _ = llama
-    hm = hatac.convert(model, hatac.HataConfig(budget=4, dense_layers=2, rbits=64))
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=4, dense_layers=2, rbits=64))
     ids = torch.randint(3, 300, (1, 40))
     out = hm(ids, past_key_values=hm.new_cache()).logits
     assert torch.isfinite(out).all()
@@ -130,7 +130,7 @@ def test_one_pass_top_k_equals_token_by_token_decoding():
     """The decode graph run on a whole text (top-k at every position, causal per query) gives the same
     logits as feeding the tokens one at a time: the basis of hatac eval's one-pass perplexity."""
     model = tiny_model("qwen3")
-    hm = hatac.convert(model, hatac.HataConfig(budget=0.3, dense_layers=1, rbits=64, sink=1))
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=0.3, dense_layers=1, rbits=64, sink=1))
     ids = torch.randint(3, 300, (1, 24))
     one_pass = hm(ids, past_key_values=hm.new_cache(), hata_mode="decode").logits
     cache = hm.new_cache()
@@ -142,7 +142,7 @@ def test_one_pass_top_k_equals_token_by_token_decoding():
 @torch.no_grad()
 def test_decode_step_compiles_fullgraph_and_matches_eager(llama, backend):
     model, _ = llama
-    hm = hatac.convert(model, hatac.HataConfig(budget=6, dense_layers=2, rbits=64))
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=6, dense_layers=2, rbits=64))
     ids = torch.randint(3, 300, (2, 10))
     cache = hm.new_cache(capacity=32)
     hm(ids, past_key_values=cache)

@@ -10,7 +10,7 @@ from models import tiny_model
 
 @pytest.fixture(scope="module")
 def hm():
-    return hatac.convert(tiny_model("llama"), hatac.HataConfig(budget=0.5, dense_layers=2, rbits=64, sink=1))
+    return hatac.convert(tiny_model("llama"), hatac.HataConfig(hash="random", budget=0.5, dense_layers=2, rbits=64, sink=1))
 
 
 @torch.no_grad()
