@@ -17,15 +17,28 @@ relaxed code, every query and key is rescaled to norm ``code_scale * sqrt(D) / s
 a vector's scale, so the learned hash means the same thing; but the relaxed code does not: with the paper's
 fixed sigma, how saturated h is (how close the surrogate is to the real sign bits) depends on the model's
 q/k norms. The rescale fixes the pre-activation spread at about ``code_scale`` (for the unit-norm columns
-that the decorrelation term drives W to), whatever the model. On the synthetic benchmark (synthetic.py,
-r = 32, budget 10%) held-out recall goes 0.16 (random W) -> 0.21 (paper, raw inputs) -> 0.39 (rescaled,
-code_scale 5; 1.25 gave 0.34, 20 gave 0.37). A listwise cross-entropy on the relaxed group Hamming
-ranking was also tried and scored below the rescaled paper loss (0.28-0.34), so it is not kept.
+that the decorrelation term drives W to), whatever the model. Held-out recall, random W -> paper (raw
+inputs) -> hatac (rescaled), mean over layers:
 
-Optimizer: SGD (lr 0.1, momentum 0.9, weight decay 1e-6) from random-normal W, one step per mini-batch
+    SmolLM2-135M (D 64, 9/3 heads), 24 documents x 1024 tokens, layers 2/10/20/28:
+        r 128, budget 10%: 0.491 -> 0.531 -> 0.567      r 128, budget 64: 0.551 -> 0.596 -> 0.618
+        r  64, budget 10%: 0.367 -> 0.436 -> 0.611      r  64, budget 64: 0.448 -> 0.504 -> 0.652
+    synthetic.py (D 64, r 32, budget 10%): 0.152 -> 0.177 -> 0.385
+
+code_scale 2 and 10 were within +-0.03 of 5 on the real model. A listwise cross-entropy on the relaxed
+group Hamming ranking scored below the rescaled paper loss on the synthetic data and is not kept; a lower
+decorrelation weight (0.2) helped on synthetic data with r = D but lost 0.05 on the real model, so the
+paper's 2.0 stays.
+
+(Real-model numbers: ``python examples/calibration_recall.py``.)
+
+Optimizer: SGD (lr 0.1, momentum 0.9, weight decay 1e-6) from random-normal W (with ``normalize``, its
+columns scaled to unit norm first: the same hash, minus ~50 steps of shrinking), one step per mini-batch
 (full batch when one batch holds the layer). Every ``eval_every`` steps, held-out recall@k (metrics.py) is
 measured; training stops after ``patience`` evaluations without improvement and returns the best W seen,
 the initial W included, so the result never scores below its own initialization on the held-out queries.
+The same held-out queries pick the best W and report its recall: a slight optimistic bias (a handful of
+evaluations), accepted to keep every collected query usable.
 On CPU the run is deterministic (seeded batch order, deterministic algorithms on during training).
 """
 
@@ -57,7 +70,7 @@ class TrainConfig:
     normalize: bool = True  # rescale q/k before the relaxed code (hatac's change, see module doc)
     code_scale: float = 5.0  # pre-activation spread targeted by the rescale
     eval_every: int = 20
-    patience: int = 3
+    patience: int = 5
     max_batch_pairs: int = 1 << 24  # pair entries per padded mini-batch (bounds memory, see collect.py)
     sink: int = 0
     recent: int = 0
