@@ -20,6 +20,31 @@ from hatac.hashing import HashingInputs, Weights, register_hash_method
 
 from .calibrate import calibrate
 from .collect import PairCollector
+from .train import TrainConfig
+
+# How much calibration work a conversion does. "full" is the trainer's default (32 query positions a
+# prompt, up to 300 steps): minutes a layer on a 2-core CPU, seconds on a GPU. "fast" samples fewer query
+# positions and trains fewer steps, so a small model converts in minutes on a CPU; "auto" picks "full"
+# on CUDA and "fast" elsewhere.
+EFFORTS = {
+    "full": {"queries_per_prompt": 32, "train": {}},
+    "fast": {"queries_per_prompt": 8, "train": {"max_steps": 100, "eval_every": 20, "patience": 2}},
+}
+
+
+def resolve_effort(effort: str, device: torch.device) -> str:
+    if effort == "auto":
+        return "full" if device.type == "cuda" else "fast"
+    if effort not in EFFORTS:
+        raise HatacError(f"--calib-effort must be auto, {', '.join(EFFORTS)}; got {effort!r}")
+    return effort
+
+
+def _clean(v):
+    """JSON-safe stats: NaN (a layer with nothing collected) becomes null, floats are rounded."""
+    if isinstance(v, float):
+        return None if v != v else round(v, 4)
+    return v
 
 
 def _observe(inputs: HashingInputs, ids: list[int], device) -> tuple:
@@ -44,6 +69,9 @@ def learned_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: Has
         raise HatacError("learned hashing needs the observe graph of the hashed layers")
     say = inputs.progress or (lambda msg: None)
     device = torch.device(inputs.device)
+    effort = resolve_effort(config.calib_effort, device)
+    plan = EFFORTS[effort]
+    train_cfg = TrainConfig(**plan["train"])
     t0 = time.perf_counter()
     collectors: dict[tuple, PairCollector] = {}
     layer_collector: dict[int, PairCollector] = {}
@@ -51,7 +79,7 @@ def learned_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: Has
         s = specs[layer]
         key = (s.n_heads, s.n_kv_heads, s.head_dim)
         if key not in collectors:
-            collectors[key] = PairCollector(*key, seed=config.seed, store_dtype=torch.float32)
+            collectors[key] = PairCollector(*key, queries_per_prompt=plan["queries_per_prompt"], seed=config.seed, store_dtype=torch.float32)
         layer_collector[layer] = collectors[key]
     n_tokens = 0
     for i, ids in enumerate(inputs.samples):
@@ -69,15 +97,16 @@ def learned_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: Has
         s = specs[layer]
         res = calibrate(
             layer_collector[layer], [layer], s.head_dim, s.n_kv_heads, s.n_heads, s.rbits, s.budget,
-            seed=config.seed, device=device, progress=lambda msg, n=n: say(f"[{n}/{len(hashed)}] {msg}"),
+            seed=config.seed, device=device, progress=lambda msg, n=n: say(f"[{n}/{len(hashed)}] {msg}"), config=train_cfg,
         )
         weights[layer] = res.weights[layer]
-        stats[str(layer)] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.stats[layer].items()}
-    learned = [v["recall_learned"] for v in stats.values() if v["recall_learned"] == v["recall_learned"]]
-    random = [v["recall_random"] for v in stats.values() if v["recall_random"] == v["recall_random"]]
+        stats[str(layer)] = {k: _clean(v) for k, v in res.stats[layer].items()}
+    learned = [v["recall_learned"] for v in stats.values() if v["recall_learned"] is not None]
+    random = [v["recall_random"] for v in stats.values() if v["recall_random"] is not None]
     summary = {
         "method": "learned",
         "seed": config.seed,
+        "effort": effort,
         "samples": len(inputs.samples),
         "tokens": n_tokens,
         "budget_for_recall": config.budget,

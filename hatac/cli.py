@@ -51,7 +51,7 @@ def _progress(msg: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
 
 
-def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int):
+def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto"):
     import torch
 
     from hatac import artifact
@@ -60,7 +60,7 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     from hatac.converter import convert
     from hatac.passes.pipeline import load_pass, pass_spec
 
-    config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed)
+    config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed, calib_effort=calib_effort)
     dev = artifact.parse_device(device)
     dt = artifact.parse_dtype(dtype)
     user_passes = [load_pass(p) for p in passes]
@@ -110,9 +110,10 @@ def convert(
     passes: List[str] = typer.Option([], "--pass", help="A user pass, module:Class or file.py:Class, with arguments as ?key=value&... (repeatable)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     max_calib_tokens: int = typer.Option(16384, help="Cut each calibration sample to this many tokens."),
+    calib_effort: str = typer.Option("auto", help="Learned-hash training effort: auto (full on GPU, fast on CPU), fast, full."),
 ):
     """Convert MODEL into a HATA model artifact."""
-    _run(_convert, model, calib, output, rbits, budget, dense_layers, sink, recent, hash, seed, device, dtype, passes, overwrite, max_calib_tokens)
+    _run(_convert, model, calib, output, rbits, budget, dense_layers, sink, recent, hash, seed, device, dtype, passes, overwrite, max_calib_tokens, calib_effort)
 
 
 def _inspect(path: Path, graph: bool):
@@ -200,6 +201,35 @@ def generate(
     _run(_generate, path, prompt, max_new_tokens, device, sample, chat, seed)
 
 
+def _export(path: Path, fmt: str, output: Path, graph: str, overwrite: bool):
+    from hatac.artifact import load
+    from hatac.export import check_format, check_output, export, parse_variants
+
+    check_format(fmt)
+    parse_variants(graph)
+    check_output(fmt, output, overwrite)
+    if not path.is_dir():
+        raise HatacError(f"artifact folder {path} does not exist")
+    t0 = time.time()
+    _progress(f"loading {path}")
+    model = load(path, device="cpu")
+    written = export(model, fmt, output, graph=graph, overwrite=overwrite, progress=_progress)
+    _progress(f"wrote {output} ({', '.join(p.name for p in written)}), {time.time() - t0:.1f}s")
+    return written
+
+
+@app.command()
+def export(
+    path: Path = typer.Argument(..., help="Artifact folder."),
+    fmt: str = typer.Option(..., "--format", "-f", help="fx (graph code + node table), onnx (hatac ops in domain 'hatac'), pt2 (torch.export programs) or html (one page)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder to write (fx, onnx, pt2) or file (html)."),
+    graph: str = typer.Option("both", "--graph", help="decode, prefill or both."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+):
+    """Export an artifact's rewritten decode and prefill graphs, for inspection or other runtimes."""
+    _run(_export, path, fmt, output, graph, overwrite)
+
+
 @app.command()
 def demo(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: <hatac cache>/artifacts/smollm2-hata)."),
@@ -218,6 +248,49 @@ def demo(
             raise HatacError(f"the example calibration file {EXAMPLE_CALIB} is missing")
         _convert("smollm2", EXAMPLE_CALIB, dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
         _generate(dest, prompt, max_new_tokens, None, False, True, 0)
+
+    _run(run)
+
+
+def _need_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        raise HatacError("benchmarks need a CUDA GPU (torch sees none)")
+
+
+@bench_app.command("kernels")
+def bench_kernels(
+    output: Path = typer.Option(Path("bench-kernels"), "-o", "--output", help="Folder for the JSON and the PNG plot."),
+):
+    """Time hash-encode, Hamming select and sparse attention against dense SDPA decode."""
+
+    def run():
+        _need_cuda()
+        from hatac.bench_kernels import run as bench
+
+        bench(output)
+
+    _run(run)
+
+
+@bench_app.command("generate")
+def bench_generate(
+    output: Path = typer.Option(Path("bench-generate"), "-o", "--output", help="Folder for the JSON and the PNG plot."),
+    batch: List[int] = typer.Option([1, 4, 8], "--batch"),
+    context: List[int] = typer.Option([8192, 32768, 65536, 131072], "--context"),
+    budget: List[float] = typer.Option([0.0156, 0.0313], "--budget"),
+    steps: int = typer.Option(32, help="Decode steps timed per point (median reported)."),
+    layers: int = typer.Option(32, help="Decoder layers of the Llama-3-8B-shaped model."),
+    compile: bool = typer.Option(False, help="torch.compile the decode step before CUDA-graph capture."),
+):
+    """Decode tokens/s of a Llama-3-8B-shaped model with random weights: hatac against dense, one run."""
+
+    def run():
+        _need_cuda()
+        from hatac.bench_generate import run as bench
+
+        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress)
 
     _run(run)
 

@@ -25,6 +25,8 @@ class HataConfig:
     recent: int = 0
     hash: str = "learned"
     seed: int = 0
+    # Calibration work for learned hashing: auto (full on CUDA, fast elsewhere), fast or full.
+    calib_effort: str = "auto"
     # Layers kept dense beyond the first ``dense_layers`` (by index), e.g. from a user pass.
     extra_dense: tuple[int, ...] = ()
     # Per-layer budget overrides {layer index: budget}.
@@ -44,6 +46,8 @@ class HataConfig:
             raise HatacError(f"--dense-layers must be >= 0, got {self.dense_layers}")
         if self.sink < 0 or self.recent < 0:
             raise HatacError(f"--sink and --recent must be >= 0, got {self.sink} and {self.recent}")
+        if self.calib_effort not in ("auto", "fast", "full"):
+            raise HatacError(f"--calib-effort must be auto, fast or full, got {self.calib_effort!r}")
         if self.hash not in HASH_METHODS:
             raise HatacError(f"--hash must be one of {', '.join(HASH_METHODS)}, got {self.hash!r}")
 

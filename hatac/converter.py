@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from hatac.capture import capture
+from hatac.capture import CapturedGraph, capture
 from hatac.config import HataConfig
 from hatac.graphs import analyze, build_graphs
 from hatac.hashing import HashingInputs, hash_weights_for
@@ -21,6 +21,7 @@ def convert(
     passes: list[PassBase] = (),
     hash_weights: dict[int, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
+    captured: CapturedGraph | None = None,
 ) -> HataForCausalLM:
     """Capture ``model``, make its hash projections (or take ``hash_weights``), rewrite its attention.
 
@@ -29,7 +30,7 @@ def convert(
     """
     config = config or HataConfig()
     model.eval()
-    captured = capture(model)
+    captured = captured or capture(model)
     observe_gm, specs, observed = analyze(captured, config, list(passes))
     summary: dict = {}
     if hash_weights is None:

@@ -1,0 +1,169 @@
+"""``hatac bench generate``: whole-model decoding, hatac against dense, on one GPU, in one run.
+
+A model of Llama-3-8B's shape (32 layers, hidden 4096, 32 query heads, 8 KV heads, head_dim 128) gets
+random bf16 weights directly on the GPU (no download) and is captured once. From that capture it is
+converted twice: dense (every layer keeps dense attention: ``cache_attention`` over the same static
+cache) and hatac (random hashing, layers 0-1 dense). Both run the same runtime: chunked prefill, a
+preallocated cache, the decode step compiled with ``torch.compile`` (optional) and replayed as a CUDA
+graph. Per (batch, context, budget) it reports prefill time, the median decode-step latency, decode
+tokens per second, peak memory, the speedup over dense, and the step's floor (weight bytes plus the
+attention bytes each must read, over the copy bandwidth measured in the same run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+LLAMA3_8B = dict(
+    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=131072 + 4096, rope_theta=500000.0, tie_word_embeddings=False,
+)
+
+
+def build_model(layers: int, device: str = "cuda", dtype=torch.bfloat16):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**{**LLAMA3_8B, "num_hidden_layers": layers})
+    cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def copy_bandwidth(device: str = "cuda") -> float:
+    """Bytes read + written per second of a large device-to-device copy."""
+    import triton.testing
+
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=200, return_mode="median")
+    return 2 * src.numel() / (ms * 1e-3)
+
+
+def _kv_bytes(cfg, batch: int, tokens: int, dtype_bytes: int = 2) -> int:
+    return 2 * cfg.num_hidden_layers * batch * tokens * cfg.num_key_value_heads * cfg.head_dim * dtype_bytes
+
+
+def attention_floor_bytes(hm, batch: int, ctx: int) -> int:
+    """Bytes one decode step's attention must read: dense layers all K/V; hashed layers the key codes plus the
+    selected K/V rows."""
+    total = 0
+    for s in hm.layers.values():
+        row = s.n_kv_heads * s.head_dim * 2
+        if s.hashed:
+            k = min(ctx, int(s.budget) if s.budget >= 1 else math.ceil(s.budget * ctx))
+            total += batch * ctx * s.n_kv_heads * s.rbits // 8 + 2 * batch * k * row
+        else:
+            total += 2 * batch * ctx * row
+    return total
+
+
+def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int) -> dict:
+    from hatac.static_decode import StaticDecodeStep
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, ctx), device="cuda", generator=gen)
+    cache = hm.new_cache(capacity=ctx + steps + 8, static=True)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = hm(ids, past_key_values=cache, logits_to_keep=1).logits
+    torch.cuda.synchronize()
+    prefill_s = time.perf_counter() - t0
+    step = StaticDecodeStep(hm, cache, compile=compile, cuda_graph=True)
+    tok = logits[:, -1:].argmax(-1)
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+    with torch.no_grad():
+        for i in range(steps):
+            start[i].record()
+            out = step(tok)
+            end[i].record()
+            tok = out[:, -1:].argmax(-1)
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in zip(start, end))
+    step_ms = times[len(times) // 2]
+    res = {
+        "prefill_s": prefill_s,
+        "step_ms": step_ms,
+        "tokens_per_s": batch / (step_ms * 1e-3),
+        "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
+    }
+    del cache, step, logits, ids
+    torch.cuda.empty_cache()
+    return res
+
+
+def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(8192, 32768, 65536, 131072), budgets=(0.0156, 0.0313),
+        steps: int = 32, layers: int = 32, compile: bool = False, say=print) -> dict:
+    import hatac
+    from hatac.capture import capture
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bw = copy_bandwidth()
+    say(f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    model = build_model(layers)
+    cfg = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    t0 = time.perf_counter()
+    captured = capture(model)
+    say(f"captured {layers}-layer model in {time.perf_counter() - t0:.1f}s; weights {weight_bytes / 2**30:.1f} GiB")
+    variants = {"dense": hatac.convert(model, hatac.HataConfig(hash="random", dense_layers=layers), captured=captured)}
+    for b in budgets:
+        variants[f"hatac@{b:g}"] = hatac.convert(model, hatac.HataConfig(hash="random", budget=b), captured=captured)
+    free = torch.cuda.mem_get_info()[1] - weight_bytes
+    rows = []
+    for batch in batches:
+        for ctx in contexts:
+            need = _kv_bytes(cfg, batch, ctx + steps + 8) * 1.15 + 4 * 2**30
+            if need > free:
+                say(f"skip batch {batch} x {ctx}: needs ~{need / 2**30:.0f} GiB of KV cache, {free / 2**30:.0f} GiB free")
+                continue
+            dense = None
+            for name, hm in variants.items():
+                r = measure(hm, batch, ctx, steps, compile, cfg.vocab_size)
+                floor_s = (weight_bytes + attention_floor_bytes(hm, batch, ctx)) / bw
+                r.update(variant=name, batch=batch, context=ctx, floor_ms=floor_s * 1e3, of_floor=r["step_ms"] / (floor_s * 1e3))
+                if name == "dense":
+                    dense = r
+                r["speedup"] = dense["step_ms"] / r["step_ms"]
+                rows.append(r)
+                say(f"b={batch:<2} ctx={ctx:<6} {name:<12} step {r['step_ms']:7.3f} ms  {r['tokens_per_s']:8.1f} tok/s  x{r['speedup']:.2f}  "
+                    f"prefill {r['prefill_s']:.2f}s  peak {r['peak_gb']:.1f} GiB  floor {r['floor_ms']:.3f} ms ({r['of_floor']:.2f}x)")
+    result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps, "rows": rows}
+    (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
+    _plot(rows, out / "bench_generate.png")
+    return result
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for batch in sorted({r["batch"] for r in rows}):
+        for variant in sorted({r["variant"] for r in rows}):
+            pts = sorted((r["context"], r["tokens_per_s"]) for r in rows if r["batch"] == batch and r["variant"] == variant)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{variant}, batch {batch}", linestyle="-" if variant != "dense" else "--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("decode tokens / s")
+    ax.set_title("Llama-3-8B-shaped model, decode throughput")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
