@@ -1,9 +1,11 @@
-"""Sweep the launch geometry of hamming_topk and sparse_attention on the GPU (the CONFIG dicts of
-hatac.kernels.hamming_topk / sparse_attention) at the decode shapes of the benchmark.
+"""Per-kernel GPU times of the hatac decode step and a sweep of its launch geometry (the CONFIG dicts of
+hatac.kernels.hamming_topk / sparse_attention), at the benchmark's decode shapes.
 
-    PYTHONPATH=. python examples/tune_kernels.py --out tune_out
+    PYTHONPATH=. python examples/tune_kernels.py --out tune_out [--quick]
 
-Prints the best setting per shape and writes tune.json; the defaults in the kernel modules come from it.
+Times come from CUDA-graph replays (GPU time, no Python launch overhead) and, per kernel, from the
+torch profiler. Prints the best setting per shape and writes tune.json; the defaults in the kernel modules
+come from it.
 """
 
 from __future__ import annotations
@@ -16,38 +18,58 @@ import sys
 from pathlib import Path
 
 import torch
-from triton.testing import do_bench
 
 import hatac.kernels  # noqa: F401
 from hatac import reference as ref
+from hatac.bench_kernels import _graph_bench
 
 ENC = sys.modules["hatac.kernels.hash_encode"]
 SEL = sys.modules["hatac.kernels.hamming_topk"]
 ATT = sys.modules["hatac.kernels.sparse_attention"]
-SHAPES = [(8, 32768, 1 / 32), (8, 131072, 1 / 64), (1, 131072, 1 / 64), (1, 32768, 1 / 32)]
+SHAPES = [(8, 32768, 1 / 32), (8, 131072, 1 / 64), (1, 131072, 1 / 64), (8, 8192, 1 / 32)]
 
 
-def _ms(fn) -> float:
-    return float(do_bench(fn, warmup=10, rep=60, return_mode="median"))
+def _us(fn) -> float:
+    return _graph_bench(fn) * 1e3
 
 
-def _sweep(cfg: dict, grid: dict, fn) -> list[tuple[float, dict]]:
+def _sweep(cfg: dict, grid: dict, fn, keep: int = 4) -> list:
     base = dict(cfg)
     out = []
     for values in itertools.product(*grid.values()):
-        cfg.update(dict(zip(grid.keys(), values)))
+        setting = dict(zip(grid.keys(), values))
+        cfg.update(setting)
         try:
-            out.append((_ms(fn), dict(zip(grid.keys(), values))))
+            out.append([round(_us(fn), 2), setting])
         except Exception as e:  # a geometry that does not compile or fit
-            out.append((float("inf"), {**dict(zip(grid.keys(), values)), "error": str(e)[:200]}))
-    cfg.clear()
-    cfg.update(base)
-    return sorted(out, key=lambda x: x[0])
+            out.append([float("inf"), {**setting, "error": str(e)[:160]}])
+        cfg.clear()
+        cfg.update(base)
+    return sorted(out, key=lambda x: x[0])[:keep]
+
+
+def kernel_times(fn, iters: int = 20) -> dict:
+    """Mean GPU microseconds per launch of each kernel fn runs (torch profiler, CUPTI)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    acc = {}
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+        if us > 0 and not e.key.startswith(("aten::", "cuda", "Runtime", "Activity")):
+            acc[e.key[:60]] = round(us / iters, 2)
+    return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tune_out")
+    ap.add_argument("--quick", action="store_true", help="per-kernel times only, no sweep")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,32 +80,47 @@ def main() -> None:
         kc = torch.randn(b, hkv, t, d, device="cuda", dtype=torch.bfloat16)
         vc = torch.randn_like(kc)
         q = torch.randn(b, hq, 1, d, device="cuda", dtype=torch.bfloat16)
+        kn = torch.randn(b, hkv, 1, d, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(hkv, d, r, device="cuda")
         codes = ENC.hash_encode(kc, w)
-        qc = ENC.hash_encode(q, w)
         pos = torch.full((b, 1), t - 1, device="cuda")
+        qc = ENC.hash_encode_step(q, kn, w, codes, pos)
         idx = SEL.hamming_topk(qc, codes, pos, k, budget)
+        scale = 1 / math.sqrt(d)
+
+        def step():
+            qc_ = ENC.hash_encode_step(q, kn, w, codes, pos)
+            return ATT.sparse_attention(q, kc, vc, SEL.hamming_topk(qc_, codes, pos, k, budget), scale)
+
         entry = {"batch": b, "context": t, "k": k}
-        entry["score"] = _sweep(
-            SEL.CONFIG,
-            {"score_block_t": [256, 512, 1024], "score_warps": [4, 8], "programs": [1024, 2048, 4096]},
-            lambda: SEL.score_keys(qc, codes, pos),
-        )[:5]
-        entry["select"] = _sweep(
-            SEL.CONFIG,
-            {"select_block_t": [512, 1024, 2048], "select_warps": [4, 8], "programs": [1024, 2048]},
-            lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
-        )[:5]
-        entry["select_default_ms"] = _ms(lambda: SEL.hamming_topk(qc, codes, pos, k, budget))
-        entry["score_default_ms"] = _ms(lambda: SEL.score_keys(qc, codes, pos))
-        entry["attention"] = _sweep(
-            ATT.CONFIG,
-            {"block_n": [32, 64], "warps": [4, 8], "stages": [1, 2, 3], "programs": [264, 528, 1056]},
-            lambda: ATT.sparse_attention(q, kc, vc, idx, 1 / math.sqrt(d)),
-        )[:5]
-        entry["attention_default_ms"] = _ms(lambda: ATT.sparse_attention(q, kc, vc, idx, 1 / math.sqrt(d)))
+        entry["graph_us"] = {
+            "dense": _us(lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True)),
+            "encode": _us(lambda: ENC.hash_encode_step(q, kn, w, codes, pos)),
+            "score": _us(lambda: SEL.score_keys(qc, codes, pos)),
+            "select": _us(lambda: SEL.hamming_topk(qc, codes, pos, k, budget)),
+            "attention": _us(lambda: ATT.sparse_attention(q, kc, vc, idx, scale)),
+            "total": _us(step),
+        }
+        entry["kernels_us"] = kernel_times(step)
+        print(json.dumps({key: entry[key] for key in ("batch", "context", "k", "graph_us", "kernels_us")}), flush=True)
+        if not args.quick:
+            entry["score"] = _sweep(
+                SEL.CONFIG,
+                {"score_block_t": [256, 512, 1024], "score_warps": [4, 8], "programs": [1024, 2048, 4096]},
+                lambda: SEL.score_keys(qc, codes, pos),
+            )
+            entry["select"] = _sweep(
+                SEL.CONFIG,
+                {"select_block_t": [512, 1024, 2048], "select_warps": [4, 8], "programs": [1024, 2048]},
+                lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
+            )
+            entry["attention"] = _sweep(
+                ATT.CONFIG,
+                {"block_n": [32, 64], "warps": [4, 8], "stages": [1, 2, 3], "programs": [264, 528, 1056]},
+                lambda: ATT.sparse_attention(q, kc, vc, idx, scale),
+            )
+            print(json.dumps({key: entry[key] for key in ("score", "select", "attention")}), flush=True)
         report.append(entry)
-        print(json.dumps(entry), flush=True)
         del kc, vc, codes
         torch.cuda.empty_cache()
     (out / "tune.json").write_text(json.dumps(report, indent=1))

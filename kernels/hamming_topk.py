@@ -202,13 +202,18 @@ def _write_kernel(
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
         inr = (t >= start) & (t < end)
         key = tl.load(key_base + t, mask=t < T, other=0).to(tl.int32)  # a mask constant over vectors
-        is_eq = (inr & (key == theta)).to(tl.int32)
-        eq_rank = eq_seen + tl.cumsum(is_eq, axis=0)
-        sel = (inr & (key < theta)) | ((is_eq != 0) & (eq_rank <= need_eq))
-        sel_i = sel.to(tl.int32)
-        tl.store(out_base + out_pos + tl.cumsum(sel_i, axis=0) - 1, t, mask=sel)
-        out_pos += tl.sum(sel_i, axis=0)
-        eq_seen += tl.sum(is_eq, axis=0)
+        # One scan gives both prefixes: keys below theta in the low 16 bits, keys equal to it above.
+        flags = tl.where(inr & (key < theta), 1, 0) + tl.where(inr & (key == theta), 65536, 0)
+        pre = tl.cumsum(flags, axis=0)
+        less_pre = pre & 65535
+        eq_pre = pre >> 16
+        quota = tl.maximum(need_eq - eq_seen, 0)  # keys equal to theta still to take, in slot order
+        sel = ((flags & 65535) != 0) | (((flags >> 16) != 0) & (eq_pre <= quota))
+        rank = less_pre + tl.minimum(eq_pre, quota)  # selected keys up to and including this slot
+        tl.store(out_base + out_pos + rank - 1, t, mask=sel)
+        blk = tl.sum(flags, axis=0)
+        out_pos += (blk & 65535) + tl.minimum(blk >> 16, quota)
+        eq_seen += blk >> 16
     if split == 0:
         for p0 in range(0, K, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)

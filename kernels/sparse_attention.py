@@ -3,8 +3,9 @@
 A program owns one (batch, KV head, query row) and one contiguous piece of that row's selection: it
 gathers the selected K and V rows, runs an online softmax for the G query heads of the KV head together
 (so each gathered row is read once for the whole group), and writes a normalised partial output and its
-log-sum-exp. A second small launch merges the pieces. Splitting the selection, not the heads, is what
-fills the GPU at batch 1 where there are only Hkv rows.
+log-sum-exp; the last piece of a row to finish (a per-row atomic counter) merges them, so there is no
+second launch. Splitting the selection, not the heads, is what fills the GPU at batch 1 where there are
+only Hkv rows.
 
 Slots equal to -1 are skipped; a query with nothing selected gets zeros (reference.sparse_attention).
 """
@@ -24,12 +25,13 @@ CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits":
 
 @triton.jit
 def _attn_split_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, cnt_ptr, out_ptr,
     qk_scale, S, Hkv, K, D, DV, CHUNK, n_splits,
     sqb, sqh, sqs, sqd,
     skb, skh, skt, skd,
     svb, svh, svt, svd,
     sib, sih, sis, sik,
+    sob, soh, sos, sod,
     G: tl.constexpr, GP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     F32_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -81,35 +83,30 @@ def _attn_split_kernel(
     o = acc / tl.where(live, l, 1.0)[:, None]
     lse = tl.where(live, m + tl.log2(tl.where(live, l, 1.0)), float("-inf"))
     part = (row.to(tl.int64) * n_splits + split) * G + g
-    tl.store(o_ptr + part[:, None] * DV + dv[None, :], o, mask=(g[:, None] < G) & (dv[None, :] < DV))
-    tl.store(lse_ptr + part, lse, mask=g < G)
-
-
-@triton.jit
-def _attn_combine_kernel(
-    o_ptr, lse_ptr, out_ptr,
-    S, Hkv, DV, n_splits,
-    sob, soh, sos, sod,
-    G: tl.constexpr, NSP: tl.constexpr, BLOCK_DV: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    row = pid // G
-    g = pid % G
-    s = row % S
-    kv = (row // S) % Hkv
-    b = row // (S * Hkv)
-    sp = tl.arange(0, NSP)
-    dv = tl.arange(0, BLOCK_DV)
-    part = (row.to(tl.int64) * n_splits + sp) * G + g
-    lse = tl.load(lse_ptr + part, mask=sp < n_splits, other=float("-inf"))
-    top = tl.max(lse, axis=0)
-    top = tl.where(top == float("-inf"), 0.0, top)
-    wgt = tl.exp2(lse - top)  # 0 for empty splits
-    o = tl.load(o_ptr + part[:, None] * DV + dv[None, :], mask=(sp[:, None] < n_splits) & (dv[None, :] < DV), other=0.0)
-    total = tl.sum(wgt, axis=0)
-    res = tl.sum(o * wgt[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    dst = out_ptr + b.to(tl.int64) * sob + (kv * G + g) * soh + s * sos + dv * sod
-    tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=dv < DV)
+    gm = g < G
+    dvm = dv < DV
+    tl.store(o_ptr + part[:, None] * DV + dv[None, :], o, mask=gm[:, None] & dvm[None, :])
+    tl.store(lse_ptr + part, lse, mask=gm)
+    # The last piece of a row to finish merges all of them (acq_rel atomic: the others' stores are visible).
+    done = tl.atomic_add(cnt_ptr + row, 1)
+    if done == n_splits - 1:
+        top = tl.full((GP,), float("-inf"), tl.float32)
+        wsum = tl.zeros((GP,), tl.float32)
+        res = tl.zeros((GP, BLOCK_DV), tl.float32)
+        for sp in range(0, n_splits):
+            part = (row.to(tl.int64) * n_splits + sp) * G + g
+            lse_sp = tl.load(lse_ptr + part, mask=gm, other=float("-inf"))
+            o_sp = tl.load(o_ptr + part[:, None] * DV + dv[None, :], mask=gm[:, None] & dvm[None, :], other=0.0)
+            new_top = tl.maximum(top, lse_sp)
+            ref = tl.where(new_top == float("-inf"), 0.0, new_top)
+            scale_old = tl.exp2(top - ref)
+            w_sp = tl.exp2(lse_sp - ref)
+            wsum = wsum * scale_old + w_sp
+            res = res * scale_old[:, None] + o_sp * w_sp[:, None]
+            top = new_top
+        res = res / tl.where(wsum > 0, wsum, 1.0)[:, None]
+        dst = out_ptr + b.to(tl.int64) * sob + (kv * G + g)[:, None] * soh + s * sos + dv[None, :] * sod
+        tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=gm[:, None] & dvm[None, :])
 
 
 def _splits(n_rows: int, k: int, block_n: int) -> tuple[int, int]:
@@ -143,15 +140,12 @@ def sparse_attention(
     n_splits, chunk = _splits(n_rows, kk, block_n)
     o_part = torch.empty((n_rows, n_splits, g, dv), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((n_rows, n_splits, g), dtype=torch.float32, device=q.device)
+    counters = torch.zeros((n_rows,), dtype=torch.int32, device=q.device)
     _attn_split_kernel[(n_rows, n_splits)](
-        q, k_cache, v_cache, indices, o_part, lse_part,
+        q, k_cache, v_cache, indices, o_part, lse_part, counters, out,
         float(scale) * _LOG2E, s, hkv, kk, d, dv, chunk, n_splits,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(), *indices.stride(),
+        *q.stride(), *k_cache.stride(), *v_cache.stride(), *indices.stride(), *out.stride(),
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         F32_DOT=f32, PRECISION="ieee", num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"],
-    )
-    _attn_combine_kernel[(n_rows * g,)](
-        o_part, lse_part, out, s, hkv, dv, n_splits, *out.stride(),
-        G=g, NSP=next_pow2(n_splits), BLOCK_DV=block_dv, num_warps=1 if block_dv <= 128 else 2,
     )
     return out
