@@ -11,7 +11,8 @@ from hatac.passes.base import (
     PassManager,
     PassResult,
 )
-from hatac.passes.pipeline import AFTER_REWRITE, BEFORE_REWRITE, build_pipeline, load_pass
+from hatac.passes.pattern import PatternPass
+from hatac.passes.pipeline import AFTER_REWRITE, BEFORE_REWRITE, build_pipeline, load_pass, pass_spec
 
 __all__ = [
     "AFTER_REWRITE",
@@ -25,6 +26,8 @@ __all__ = [
     "PassError",
     "PassManager",
     "PassResult",
+    "PatternPass",
     "build_pipeline",
     "load_pass",
+    "pass_spec",
 ]

@@ -92,11 +92,25 @@ class PassBase:
     def ensures(self, gm: fx.GraphModule, ctx: PassContext) -> None:
         """Check postconditions; raise when the pass did not do its job."""
 
+    def spec_args(self) -> dict[str, str] | None:
+        """Arguments that rebuild this pass exactly, for the artifact's manifest (``module:Class?k=v``).
+
+        A pass that reads something outside the artifact (a file, an environment variable) returns what
+        it read here, so ``hatac.load`` replays it without that file. None (the default) stores the spec
+        as the user wrote it."""
+        return None
+
     def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         self.requires(gm, ctx)
         result = self.call(gm, ctx)
         self.ensures(result.graph_module, ctx)
         return result
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line, cut to ``limit`` characters (fx errors append a whole graph dump)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_graph(gm: fx.GraphModule) -> None:
@@ -121,18 +135,24 @@ class PassManager:
             except HatacError as exc:
                 if isinstance(exc, PassError):
                     raise
-                raise PassError(str(exc)) from exc
+                # hatac's own passes speak for themselves; a user pass is named, so its errors are traceable
+                builtin = type(p).__module__.startswith("hatac.passes.")
+                raise PassError(str(exc) if builtin else f"pass {p.name}: {exc}") from exc
             except Exception as exc:
-                raise PassError(f"pass {p.name} failed: {type(exc).__name__}: {exc}") from exc
+                raise PassError(f"pass {p.name} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
             if not isinstance(result, PassResult):
                 raise PassError(f"pass {p.name} returned {type(result).__name__}, not PassResult")
             gm = result.graph_module
             modified |= result.modified
+            try:  # lint after every pass (cheap), so a broken graph is blamed on the pass that broke it
+                gm.graph.lint()
+            except Exception as exc:
+                raise PassError(f"pass {p.name} left an invalid graph: {type(exc).__name__}: {_first_line(exc)}") from exc
         try:
             _check_graph(gm)
         except Exception as exc:
             culprit = self._find_culprit(gm, snapshot, ctx)
-            raise PassError(f"pass {culprit} left an invalid graph: {type(exc).__name__}: {exc}") from exc
+            raise PassError(f"pass {culprit} left an invalid graph: {type(exc).__name__}: {_first_line(exc)}") from exc
         return PassResult(gm, modified)
 
     def _find_culprit(self, gm: fx.GraphModule, snapshot: fx.Graph, ctx: PassContext) -> str:

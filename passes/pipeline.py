@@ -8,6 +8,9 @@ Order: find sites -> see through GQA repeats -> per-layer policy -> [user passes
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
 
 from hatac.errors import HatacError
 from hatac.passes.base import PassBase
@@ -46,15 +49,36 @@ def build_pipeline(user_passes: list[PassBase] = ()) -> list[PassBase]:
     ]
 
 
-def load_pass(spec: str) -> PassBase:
-    """Instantiate a user pass from ``module:Class`` (or ``path/to/file.py:Class``), with no arguments."""
-    if ":" not in spec:
+def split_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """``module:Class?key=value&key2=value2`` -> (module or file.py, Class, {key: value})."""
+    base, sep, query = spec.partition("?")
+    if ":" not in base:
+        raise HatacError(f"--pass takes module:Class (or file.py:Class, optionally ?key=value&...), got {spec!r}")
+    mod_name, _, cls_name = base.rpartition(":")
+    if not mod_name or not cls_name:
         raise HatacError(f"--pass takes module:Class, got {spec!r}")
-    mod_name, _, cls_name = spec.rpartition(":")
+    kwargs: dict[str, str] = {}
+    if sep:
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise HatacError(f"pass arguments in {spec!r} are not key=value pairs joined by '&'") from None
+        for key, value in pairs:
+            if not key.isidentifier():
+                raise HatacError(f"pass argument {key!r} in {spec!r} is not a valid name")
+            kwargs[key] = value
+    return mod_name, cls_name, kwargs
+
+
+def load_pass(spec: str) -> PassBase:
+    """Instantiate a user pass from ``module:Class`` or ``path/to/file.py:Class``.
+
+    Arguments follow a ``?``, URL-query style, and reach the constructor as keyword strings:
+    ``my_passes.py:KeepLayersDense?layers=2,3`` calls ``KeepLayersDense(layers="2,3")``.
+    """
+    mod_name, cls_name, kwargs = split_spec(spec)
     try:
         if mod_name.endswith(".py"):
-            import importlib.util
-
             loader_spec = importlib.util.spec_from_file_location(f"hatac_user_pass_{abs(hash(mod_name))}", mod_name)
             if loader_spec is None or loader_spec.loader is None:
                 raise ImportError(f"cannot load {mod_name}")
@@ -67,7 +91,31 @@ def load_pass(spec: str) -> PassBase:
     cls = getattr(module, cls_name, None)
     if cls is None:
         raise HatacError(f"module {mod_name!r} has no {cls_name!r}")
-    obj = cls() if isinstance(cls, type) else cls
+    if isinstance(cls, type):
+        try:
+            obj = cls(**kwargs)
+        except HatacError as exc:
+            raise HatacError(f"pass {cls_name}: {exc}") from None
+        except Exception as exc:
+            raise HatacError(f"pass {cls_name} could not be created from {spec!r}: {type(exc).__name__}: {exc}") from None
+    elif kwargs:
+        raise HatacError(f"{mod_name}:{cls_name} is an instance, it takes no arguments ({spec!r})")
+    else:
+        obj = cls
     if not isinstance(obj, PassBase):
         raise HatacError(f"{spec} is not a hatac pass (subclass hatac.passes.PassBase)")
     return obj
+
+
+def pass_spec(spec: str, p: PassBase) -> str:
+    """The spec to store in a manifest for pass ``p`` loaded from ``spec``: a ``file.py`` path made
+    absolute (so ``hatac.load`` works from any folder), and the pass's own :meth:`~PassBase.spec_args`
+    (what it read from files or the environment) in place of the arguments as written."""
+    mod_name, cls_name, kwargs = split_spec(spec)
+    if mod_name.endswith(".py") and Path(mod_name).is_file():
+        mod_name = str(Path(mod_name).resolve())
+    args = p.spec_args()
+    if args is None:
+        args = kwargs
+    query = urlencode({k: str(v) for k, v in args.items()}, safe=",:=/") if args else ""
+    return f"{mod_name}:{cls_name}" + (f"?{query}" if query else "")
