@@ -70,12 +70,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tune_out")
     ap.add_argument("--quick", action="store_true", help="per-kernel times only, no sweep")
+    ap.add_argument("--only", type=int, nargs="*", help="indices into SHAPES")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     hq, hkv, d, r = 32, 8, 128, 128
     report = []
-    for b, t, budget in SHAPES:
+    for b, t, budget in [SHAPES[i] for i in args.only] if args.only else SHAPES:
         k = ref.topk_width(t, budget)
         kc = torch.randn(b, hkv, t, d, device="cuda", dtype=torch.bfloat16)
         vc = torch.randn_like(kc)
@@ -106,17 +107,18 @@ def main() -> None:
         if not args.quick:
             entry["score"] = _sweep(
                 SEL.CONFIG,
-                {"score_block_t": [256, 512, 1024], "score_warps": [4, 8], "programs": [1024, 2048, 4096]},
+                {"score_block_t": [256, 512], "score_warps": [1, 2, 4], "programs": [2048, 4096], "max_splits": [64]},
                 lambda: SEL.score_keys(qc, codes, pos),
             )
             entry["select"] = _sweep(
                 SEL.CONFIG,
-                {"select_block_t": [512, 1024, 2048], "select_warps": [4, 8], "programs": [1024, 2048]},
+                {"select_block_t": [256, 512, 1024], "select_warps": [1, 2, 4], "select_programs": [2048, 4096],
+                 "select_max_splits": [64]},
                 lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
             )
             entry["attention"] = _sweep(
                 ATT.CONFIG,
-                {"block_n": [32, 64], "warps": [4, 8], "stages": [1, 2, 3], "programs": [264, 528, 1056]},
+                {"block_n": [32, 64], "warps": [4], "stages": [1, 2], "programs": [528, 1056]},
                 lambda: ATT.sparse_attention(q, kc, vc, idx, scale),
             )
             print(json.dumps({key: entry[key] for key in ("score", "select", "attention")}), flush=True)

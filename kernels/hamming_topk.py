@@ -29,7 +29,10 @@ from hatac.kernels._common import budget_args, hw_flag, next_pow2, popcount, sel
 
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
 # Launch geometry (GPU); examples/tune_kernels.py sweeps these.
-CONFIG = {"score_block_t": 512, "score_warps": 4, "select_block_t": 1024, "select_warps": 4, "programs": 2048, "max_splits": 32}
+CONFIG = {
+    "score_block_t": 512, "score_warps": 4, "programs": 2048, "max_splits": 32,  # launch 1
+    "select_block_t": 1024, "select_warps": 4, "select_programs": 2048, "select_max_splits": 32,  # launches 2, 3
+}
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 
 
@@ -117,20 +120,20 @@ def _score_kernel(
 
 @triton.jit
 def _fine_kernel(
-    qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr,
+    qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, n_splits1,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
-    NSP: tl.constexpr, BLOCK_T: tl.constexpr,
+    NSP1: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
-    sp = tl.arange(0, NSP)
+    sp = tl.arange(0, NSP1)
     bins = tl.arange(0, NCB)
-    h1 = tl.load(hist1_ptr + (row.to(tl.int64) * n_splits + sp[:, None]) * NCB + bins[None, :], mask=sp[:, None] < n_splits, other=0)
+    h1 = tl.load(hist1_ptr + (row.to(tl.int64) * n_splits1 + sp[:, None]) * NCB + bins[None, :], mask=sp[:, None] < n_splits1, other=0)
     cum = tl.cumsum(tl.sum(h1, axis=0), axis=0)
     cb = tl.sum((cum < n_sel).to(tl.int32), axis=0)  # the coarse bin holding the n_sel-th smallest key
     if split == 0:
@@ -150,10 +153,11 @@ def _fine_kernel(
         inr = (t >= start) & (t < end)
         key = tl.load(key_base + t, mask=t < T, other=0).to(tl.int32)  # a mask constant over vectors
         coarse = key >> SHIFT
-        less += tl.sum((inr & (coarse < cb)).to(tl.int32), axis=0)
         match = inr & (coarse == cb)
         fine += tl.histogram(tl.where(match, key & (NFB - 1), 0), NFB)
-        n_out += BLOCK_T - tl.sum(match.to(tl.int32), axis=0)
+        cnt = tl.sum(tl.where(inr & (coarse < cb), 1, 0) + tl.where(match, 65536, 0), axis=0)  # one reduction
+        less += cnt & 65535
+        n_out += BLOCK_T - (cnt >> 16)
     fb = tl.arange(0, NFB)
     fine -= tl.where(fb == 0, n_out, 0)
     tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine)
@@ -233,10 +237,10 @@ def plan(g: int, rbits: int) -> dict:
                 key_dtype=torch.int16 if max_key < 2**15 else torch.int32)
 
 
-def _splits(n_rows: int, t: int, block_t: int) -> tuple[int, int]:
-    """Splits of the cache per row (at most 32: later launches read every split's histogram) and their
-    length in slots, aiming at about 2048 programs."""
-    want = max(1, min(CONFIG["max_splits"], next_pow2(triton.cdiv(CONFIG["programs"], n_rows))))
+def _splits(n_rows: int, t: int, block_t: int, programs: int, max_splits: int) -> tuple[int, int]:
+    """Splits of the cache per row (a few tens at most: later launches read every split's histogram) and
+    their length in slots, aiming at ``programs`` programs."""
+    want = max(1, min(max_splits, next_pow2(triton.cdiv(programs, n_rows))))
     chunk = triton.cdiv(triton.cdiv(t, want), block_t) * block_t
     return triton.cdiv(t, chunk), chunk
 
@@ -258,7 +262,7 @@ def score_keys(
     p = plan(g, nw * 32)
     n_rows = b * hkv * s
     block_t = _block_t(q_codes)
-    n_splits, chunk = _splits(n_rows, t, block_t)
+    n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["programs"], CONFIG["max_splits"])
     keys = torch.empty((n_rows, t), dtype=p["key_dtype"], device=q_codes.device)
     hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
     _score_kernel[(n_rows, n_splits)](
@@ -298,9 +302,10 @@ def hamming_topk(
     if t == 0:
         return out.fill_(-1)
     n_rows = b * hkv * s
-    keys, hist1, p, n_splits, chunk = score_keys(q_codes, k_codes, q_pos, sink, recent, window)
-    nsp = next_pow2(n_splits)
+    keys, hist1, p, n_splits1, _ = score_keys(q_codes, k_codes, q_pos, sink, recent, window)
     block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else 128
+    n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+    nsp = next_pow2(n_splits)
     dev = q_codes.device
     hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
     less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
@@ -309,8 +314,9 @@ def hamming_topk(
     grid = (n_rows, n_splits)
     common = (s, hkv, t, k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
     _fine_kernel[grid](
-        q_pos, keys, hist1, hist2, less, cb, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, num_warps=CONFIG["select_warps"],
+        q_pos, keys, hist1, hist2, less, cb, n_splits1, *common,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
+        num_warps=CONFIG["select_warps"],
     )
     _write_kernel[grid](
         q_pos, keys, hist2, less, cb, out, *common,

@@ -99,7 +99,7 @@ def _encode_step_kernel(
     scb, sch, scs, scw,
     skcb, skch, skct, skcw,
     swpb, swps,
-    NW: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     s = pid % S
@@ -122,12 +122,12 @@ def _encode_step_kernel(
     k_out = kc_ptr + b.to(tl.int64) * skcb + kv * skch + wpos * skct + r * 0
     wv = wpos + r * 0  # a tensor, not a scalar: the interpreter mistypes bool-tensor & bool-scalar
     k_mask = (r == G) & (wv >= 0) & (wv < T)
+    c = tl.program_id(1)  # one 32-bit word per program: short dependency chains, NW times the programs
     col = tl.arange(0, 32)
-    for c in tl.static_range(NW):
-        wt = tl.load(w_ptr + kv * swh + d[:, None] * swd + (c * 32 + col)[None, :] * swr, mask=d[:, None] < D, other=0.0)
-        code = _pack_word(_project(x, wt, MODE))
-        tl.store(q_out + c * scw, code, mask=r < G)
-        tl.store(k_out + c * skcw, code, mask=k_mask)
+    wt = tl.load(w_ptr + kv * swh + d[:, None] * swd + (c * 32 + col)[None, :] * swr, mask=d[:, None] < D, other=0.0)
+    code = _pack_word(_project(x, wt, MODE))
+    tl.store(q_out + c * scw, code, mask=r < G)
+    tl.store(k_out + c * skcw, code, mask=k_mask)
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -185,11 +185,11 @@ def hash_encode_step(
         out = torch.empty((b, hq, s, nw), dtype=torch.int32, device=q.device)
     if out.numel() == 0:
         return out
-    _encode_step_kernel[(b * hkv * s,)](
+    _encode_step_kernel[(b * hkv * s, nw)](
         q, k, w, out, k_codes, write_pos,
         s, hkv, g, d, k_codes.shape[2],
         *q.stride(), *k.stride(), *w.stride(), *out.stride(), *k_codes.stride(), *write_pos.stride(),
-        NW=nw, ROWS=max(16, next_pow2(g + 1)), BLOCK_D=max(16, next_pow2(d)),
+        ROWS=max(16, next_pow2(g + 1)), BLOCK_D=max(16, next_pow2(d)),
         MODE=_mode(hw_flag(q), [q.dtype, k.dtype], w.dtype, native_ok=False), num_warps=4 if d <= 128 else 8,
     )
     return out

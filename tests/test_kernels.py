@@ -215,11 +215,12 @@ def _check_attention(device, b, hkv, g, s, t, d, kk, dtype, seed, tol):
     kc = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
     vc = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
     idx = torch.full((b, hkv, s, kk), -1, dtype=torch.int32)
+    empty_row = b * hkv * s > 1
     for bi in range(b):
         for h in range(hkv):
             for si in range(s):
                 n = int(torch.randint(0, min(kk, t) + 1, (1,), generator=gen))
-                if bi == 0 and h == 0 and si == 0 and b * hkv * s > 1:
+                if bi == 0 and h == 0 and si == 0 and empty_row:
                     n = 0  # a query with nothing selected gets zeros
                 idx[bi, h, si, :n] = torch.randperm(t, generator=gen)[:n].sort().values.to(torch.int32)
     idx = idx.to(device)
@@ -231,7 +232,8 @@ def _check_attention(device, b, hkv, g, s, t, d, kk, dtype, seed, tol):
     assert torch.isfinite(got).all()
     err = ((got - want).norm() / want.norm()).item()
     assert err < tol, f"relative error {err:.2e}"
-    assert (got[0, :g, 0] == 0).all()
+    if empty_row:
+        assert (got[0, :g, 0] == 0).all()
 
 
 @interp
