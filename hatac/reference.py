@@ -21,6 +21,8 @@ import torch
 WORD_BITS = 32
 # Query rows per chunk in the references: bounds the (rows x T) score tiles on long contexts.
 _ROW_CHUNK = 256
+# Selected K/V rows copied at once by sparse_attention's reference.
+_GATHER_ROWS = 32768
 
 
 def _bit_weights(device: torch.device) -> torch.Tensor:
@@ -154,25 +156,31 @@ def select_topk(
     slot = torch.arange(t, device=scores.device).view(1, 1, t)
     rel = slot - lo.unsqueeze(-1)  # position inside the valid range
     valid = (rel >= 0) & (rel < length.unsqueeze(-1))
-    forced = valid & ((rel < sink) | (rel >= (length - recent).unsqueeze(-1)))
-    # Rank key: forced first, then by score, then by slot. Scores are ordered through their rank so
-    # float scores (exact q.k baselines) work too.
-    order = torch.argsort(scores.float(), dim=-1, stable=True)
-    score_rank = torch.empty_like(order)
-    score_rank.scatter_(-1, order, torch.arange(t, device=scores.device).expand_as(order))
-    key = score_rank + t  # forced slots get keys below every unforced one
-    key = torch.where(forced.unsqueeze(1), slot.unsqueeze(1).expand_as(key), key)
-    key = torch.where(valid.unsqueeze(1), key, torch.full_like(key, 3 * t))
+    # Rank key, one int64 per slot: forced slots first (by slot), then by score, then by slot, invalid
+    # slots last. The score enters through an integer with the order of its float32 value, so float
+    # scores (exact q.k baselines) and integer ones (Hamming) sort alike, ties to the lower slot.
+    key = _float_order(scores).to(torch.int64).mul_(t).add_(slot.unsqueeze(1))  # in [-2**31 t, 2**31 t)
+    if sink or recent:
+        forced = valid & ((rel < sink) | (rel >= (length - recent).unsqueeze(-1)))
+        key = torch.where(forced.unsqueeze(1), (slot - (2**31 + 1) * t).unsqueeze(1), key)
+    invalid_key = 2**31 * t
+    key.masked_fill_(~valid.unsqueeze(1), invalid_key)
     kk = min(k, t)
     picked_key, picked = torch.topk(key, kk, dim=-1, largest=False, sorted=True)
     rank = torch.arange(kk, device=scores.device).view(1, 1, 1, kk)
-    keep = (rank < n_keep.view(bsz, 1, s, 1)) & (picked_key < 3 * t)
+    keep = (rank < n_keep.view(bsz, 1, s, 1)) & (picked_key < invalid_key)
     picked = torch.where(keep, picked, torch.full_like(picked, t))
     picked, _ = torch.sort(picked, dim=-1)
     picked = torch.where(picked >= t, torch.full_like(picked, -1), picked)
     if kk < k:
         picked = torch.nn.functional.pad(picked, (0, k - kk), value=-1)
     return picked.to(torch.int32)
+
+
+def _float_order(scores: torch.Tensor) -> torch.Tensor:
+    """int32 with the order of ``scores.float()`` (-0.0 equal to 0.0; NaN after +inf)."""
+    i = (scores.float() + 0.0).view(torch.int32)
+    return i ^ ((i >> 31) & 0x7FFFFFFF)  # negative floats: reverse the magnitude bits
 
 
 def hamming_topk(
@@ -209,23 +217,29 @@ def sparse_attention(
     Returns (B, Hq, S, D) in q's dtype.
     """
     b, hq, s, d = q.shape
-    hkv, kk = k_cache.shape[1], indices.shape[-1]
+    hkv, t, kk = k_cache.shape[1], k_cache.shape[2], indices.shape[-1]
     dv = v_cache.shape[-1]
     g = hq // hkv
+    # Selected rows are copied whole (index_select on (B*Hkv*T, D) rows, much faster than an element-wise
+    # gather); chunks hold about _GATHER_ROWS of them, so the copies stay in cache.
+    k_rows, v_rows = k_cache.reshape(b * hkv * t, d), v_cache.reshape(b * hkv * t, dv)
+    base = (torch.arange(b * hkv, device=q.device) * t).view(b, hkv, 1, 1)
+    chunk = max(1, min(_ROW_CHUNK, _GATHER_ROWS // max(kk, 1)))
     out = []
-    for c in range(0, s, _ROW_CHUNK):
-        idx = indices[:, :, c : c + _ROW_CHUNK].to(torch.int64)  # (B, Hkv, s_c, K)
+    for c in range(0, s, chunk):
+        idx = indices[:, :, c : c + chunk].to(torch.int64)  # (B, Hkv, s_c, K)
         sc = idx.shape[2]
-        used = idx >= 0
-        flat = idx.clamp_min(0).reshape(b, hkv, sc * kk, 1)
-        ks = torch.gather(k_cache, 2, flat.expand(b, hkv, sc * kk, d)).float().reshape(b, hkv, 1, sc, kk, d)
-        vs = torch.gather(v_cache, 2, flat.expand(b, hkv, sc * kk, dv)).float().reshape(b, hkv, 1, sc, kk, dv)
-        qc = q[:, :, c : c + _ROW_CHUNK].float().reshape(b, hkv, g, sc, 1, d)
-        logits = (qc * ks).sum(-1) * scale  # (B, Hkv, G, s_c, K)
-        logits = logits.masked_fill(~used.unsqueeze(2), float("-inf"))
-        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-        o = (probs.unsqueeze(-1) * vs).sum(-2)  # (B, Hkv, G, s_c, Dv)
-        out.append(o.reshape(b, hq, sc, dv))
+        rows = b * hkv * sc
+        flat = (idx.clamp_min(0) + base).reshape(-1)
+        ks = k_rows.index_select(0, flat).float().reshape(rows, kk, d)
+        vs = v_rows.index_select(0, flat).float().reshape(rows, kk, dv)
+        # One (G x D) @ (D x K) product per (batch, KV head, query row): the group shares the selection.
+        qc = q[:, :, c : c + chunk].float().reshape(b, hkv, g, sc, d).transpose(2, 3).reshape(rows, g, d)
+        logits = torch.bmm(qc, ks.transpose(1, 2)).mul_(scale)  # (rows, G, K)
+        logits.masked_fill_((idx < 0).reshape(rows, 1, kk), float("-inf"))
+        probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)
+        o = torch.bmm(probs, vs)  # (rows, G, Dv)
+        out.append(o.reshape(b, hkv, sc, g, dv).transpose(2, 3).reshape(b, hq, sc, dv))
     return torch.cat(out, dim=2).to(q.dtype)
 
 
