@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--out", default="tune_out")
     ap.add_argument("--quick", action="store_true", help="per-kernel times only, no sweep")
     ap.add_argument("--only", type=int, nargs="*", help="indices into SHAPES")
+    ap.add_argument("--select-only", action="store_true", help="sweep the select launches only")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,24 +105,26 @@ def main() -> None:
         }
         entry["kernels_us"] = kernel_times(step)
         print(json.dumps({key: entry[key] for key in ("batch", "context", "k", "graph_us", "kernels_us")}), flush=True)
-        if not args.quick:
+        if not args.quick and not args.select_only:
             entry["score"] = _sweep(
                 SEL.CONFIG,
                 {"score_block_t": [256, 512], "score_warps": [1, 2, 4], "programs": [2048, 4096], "max_splits": [64]},
                 lambda: SEL.score_keys(qc, codes, pos),
             )
+        if not args.quick:
             entry["select"] = _sweep(
                 SEL.CONFIG,
                 {"select_block_t": [256, 512, 1024], "select_warps": [1, 2, 4], "select_programs": [2048, 4096],
                  "select_max_splits": [64]},
                 lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
             )
+        if not args.quick and not args.select_only:
             entry["attention"] = _sweep(
                 ATT.CONFIG,
                 {"block_n": [32, 64], "warps": [4], "stages": [1, 2], "programs": [528, 1056]},
                 lambda: ATT.sparse_attention(q, kc, vc, idx, scale),
             )
-            print(json.dumps({key: entry[key] for key in ("score", "select", "attention")}), flush=True)
+        print(json.dumps({key: entry[key] for key in ("score", "select", "attention") if key in entry}), flush=True)
         report.append(entry)
         del kc, vc, codes
         torch.cuda.empty_cache()

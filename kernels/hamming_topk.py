@@ -30,8 +30,8 @@ from hatac.kernels._common import budget_args, hw_flag, next_pow2, popcount, sel
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
 # Launch geometry (GPU); examples/tune_kernels.py sweeps these.
 CONFIG = {
-    "score_block_t": 512, "score_warps": 4, "programs": 2048, "max_splits": 32,  # launch 1
-    "select_block_t": 1024, "select_warps": 4, "select_programs": 2048, "select_max_splits": 32,  # launches 2, 3
+    "score_block_t": 256, "score_warps": 4, "programs": 2048, "max_splits": 64,  # launch 1
+    "select_block_t": 512, "select_warps": 1, "select_programs": 2048, "select_max_splits": 64,  # launches 2, 3
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 
@@ -170,7 +170,7 @@ def _write_kernel(
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -202,20 +202,36 @@ def _write_kernel(
     out_base = idx_ptr + row.to(tl.int64) * K
     first = (start - c0) // BLOCK_T
     last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    # Blocks are (words, 32 slots). Winners are packed into 32-bit words; prefix sums over words place
+    # them, and a short loop peels each word's set bits in slot order (as many rounds as the fullest word
+    # has bits: a few at budgets of a few percent), so no per-slot scan is needed.
+    j = tl.arange(0, 32)
+    bit = 1 << j
+    wi = tl.arange(0, BLOCK_T // 32)
     for i in range(first, last):
-        t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
+        t = c0 + i * BLOCK_T + wi[:, None] * 32 + j[None, :]
+        w0 = tl.min(t, axis=1)  # first slot of each word, laid out like the per-word sums below
         inr = (t >= start) & (t < end)
         key = tl.load(key_base + t, mask=t < T, other=0).to(tl.int32)  # a mask constant over vectors
-        # One scan gives both prefixes: keys below theta in the low 16 bits, keys equal to it above.
-        flags = tl.where(inr & (key < theta), 1, 0) + tl.where(inr & (key == theta), 65536, 0)
-        pre = tl.cumsum(flags, axis=0)
-        less_pre = pre & 65535
-        eq_pre = pre >> 16
+        lt_w = tl.sum(tl.where(inr & (key < theta), bit[None, :], 0), axis=1)
+        eq_w = tl.sum(tl.where(inr & (key == theta), bit[None, :], 0), axis=1)
+        # One scan over words gives both exclusive prefixes: below-theta counts low, equal counts high.
+        cnt = popcount(lt_w, HW_POPC) + (popcount(eq_w, HW_POPC) << 16)
+        pre = tl.cumsum(cnt, axis=0) - cnt
         quota = tl.maximum(need_eq - eq_seen, 0)  # keys equal to theta still to take, in slot order
-        sel = ((flags & 65535) != 0) | (((flags >> 16) != 0) & (eq_pre <= quota))
-        rank = less_pre + tl.minimum(eq_pre, quota)  # selected keys up to and including this slot
-        tl.store(out_base + out_pos + rank - 1, t, mask=sel)
-        blk = tl.sum(flags, axis=0)
+        keep = tl.minimum(tl.maximum(quota - (pre >> 16), 0), cnt >> 16)  # equal keys kept per word
+        dst = out_pos + (pre & 65535) + tl.minimum(pre >> 16, quota)  # first output position per word
+        left = lt_w | eq_w
+        eq_taken = tl.zeros_like(keep)
+        for _r in range(0, tl.max(popcount(left, HW_POPC), axis=0)):
+            low = left & (-left)
+            is_eq = (eq_w & low) != 0
+            take = (left != 0) & ((~is_eq) | (eq_taken < keep))
+            tl.store(out_base + dst, w0 + popcount(low - 1, HW_POPC), mask=take)
+            dst += take.to(tl.int32)
+            eq_taken += ((left != 0) & is_eq).to(tl.int32)
+            left = left ^ low
+        blk = tl.sum(cnt, axis=0)
         out_pos += (blk & 65535) + tl.minimum(blk >> 16, quota)
         eq_seen += blk >> 16
     if split == 0:
@@ -320,6 +336,7 @@ def hamming_topk(
     )
     _write_kernel[grid](
         q_pos, keys, hist2, less, cb, out, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, num_warps=CONFIG["select_warps"],
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
+        num_warps=CONFIG["select_warps"],
     )
     return out
