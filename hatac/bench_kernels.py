@@ -288,6 +288,7 @@ def run(
         "python": platform.python_version(),
         "shape": {"q_heads": hq, "kv_heads": hkv, "head_dim": head_dim, "rbits": rbits, "dtype": str(dtype)},
         "copy_bandwidth_Bps": bw,
+        "config": {"hamming_topk": dict(sel.CONFIG), "sparse_attention": dict(att.CONFIG)},
         "check": checked,
         "rows": rows,
         "skipped": skipped,

@@ -31,7 +31,9 @@ _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs g
 # Launch geometry (GPU); examples/tune_kernels.py sweeps these.
 CONFIG = {
     "score_block_t": 256, "score_warps": 4, "programs": 2048, "max_splits": 64,  # launch 1
-    "select_block_t": 512, "select_warps": 1, "select_programs": 2048, "select_max_splits": 64,  # launches 2, 3
+    # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
+    # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
+    "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 
@@ -322,6 +324,7 @@ def hamming_topk(
     block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else 128
     n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
     nsp = next_pow2(n_splits)
+    warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)
     dev = q_codes.device
     hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
     less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
@@ -332,11 +335,11 @@ def hamming_topk(
     _fine_kernel[grid](
         q_pos, keys, hist1, hist2, less, cb, n_splits1, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
-        num_warps=CONFIG["select_warps"],
+        num_warps=warps,
     )
     _write_kernel[grid](
         q_pos, keys, hist2, less, cb, out, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        num_warps=CONFIG["select_warps"],
+        num_warps=warps,
     )
     return out
