@@ -36,18 +36,21 @@ class CapturedGraph:
     has_logits_to_keep: bool
 
 
-def _example_inputs(model: torch.nn.Module, has_keep: bool):
+def _example_inputs(model: torch.nn.Module, has_keep: bool, auto: bool = False):
     vocab = int(getattr(model.config, "vocab_size", 2) or 2)
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab, (2, 8), device=device)
     pos = torch.arange(8, device=device).expand(2, 8).contiguous()
     kwargs = {"input_ids": ids, "position_ids": pos, "use_cache": False}
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = torch.export.Dim("seq", min=2, max=1 << 20)
+    # Named ranges first; ``auto`` lets export place the bounds itself, for torch versions whose solver
+    # cannot prove a harmless guard over the named range (torch 2.11 with transformers 5.17:
+    # ``min(64*seq, 128*seq) == 64*seq``).
+    batch = torch.export.Dim.AUTO if auto else torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim.AUTO if auto else torch.export.Dim("seq", min=2, max=1 << 20)
     dynamic = {"input_ids": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq}, "use_cache": None}
     if has_keep:
         kwargs["logits_to_keep"] = torch.tensor([6, 7], device=device)
-        dynamic["logits_to_keep"] = {0: torch.export.Dim("keep", min=1, max=1 << 20)}
+        dynamic["logits_to_keep"] = {0: torch.export.Dim.AUTO if auto else torch.export.Dim("keep", min=1, max=1 << 20)}
     return kwargs, dynamic
 
 
@@ -75,6 +78,20 @@ def _flatten_signature(gm: fx.GraphModule, keep: tuple[str, ...]) -> None:
     gm.recompile()
 
 
+def _check_dynamic(ep, has_keep: bool) -> None:
+    """Batch and sequence length (and the kept-logits count) must stay symbolic, or the graph would only
+    run at the example's shape."""
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    for name, dims in (("input_ids", (0, 1)), ("position_ids", (0, 1)), *((("logits_to_keep", (0,)),) if has_keep else ())):
+        node = placeholders.get(name)
+        val = node.meta.get("val") if node is not None else None
+        if val is None:
+            continue
+        for d in dims:
+            if isinstance(val.shape[d], int):
+                raise HatacError(f"torch.export specialized dimension {d} of {name} to {val.shape[d]}; hatac needs it dynamic")
+
+
 def capture(model: torch.nn.Module) -> CapturedGraph:
     """Export ``model``'s forward with SDPA attention and return its flat graph."""
     config = model.config
@@ -87,17 +104,24 @@ def capture(model: torch.nn.Module) -> CapturedGraph:
         # attention sites can name the layer and node it cannot rewrite.
         model.set_attn_implementation("eager")
     has_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-    kwargs, dynamic = _example_inputs(model, has_keep)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            ep = torch.export.export(model, (), kwargs, dynamic_shapes=dynamic, strict=False)
-    except Exception as exc:  # export errors are long; keep the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HatacError(f"could not capture {type(model).__name__} with torch.export: {first}") from exc
+        ep = None
+        for auto in (False, True):
+            kwargs, dynamic = _example_inputs(model, has_keep, auto)
+            try:
+                with torch.no_grad():
+                    ep = torch.export.export(model, (), kwargs, dynamic_shapes=dynamic, strict=False)
+                break
+            except Exception as exc:  # export errors are long; keep the first line
+                if not auto and "Constraints violated" in str(exc):
+                    continue
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise HatacError(f"could not capture {type(model).__name__} with torch.export: {first}") from exc
     finally:
         model.train(was_training)
+    _check_dynamic(ep, has_keep)
     gm = ep.module()
     keep = ("input_ids", "position_ids") + (("logits_to_keep",) if has_keep else ())
     _flatten_signature(gm, keep)
