@@ -138,6 +138,7 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
                     dense = r
                 r["speedup"] = dense["step_ms"] / r["step_ms"]
                 rows.append(r)
+                (out / "bench_generate.json").write_text(json.dumps({"partial": True, "rows": rows}, indent=2))
                 say(f"b={batch:<2} ctx={ctx:<6} {name:<12} step {r['step_ms']:7.3f} ms  {r['tokens_per_s']:8.1f} tok/s  x{r['speedup']:.2f}  "
                     f"prefill {r['prefill_s']:.2f}s  peak {r['peak_gb']:.1f} GiB  floor {r['floor_ms']:.3f} ms ({r['of_floor']:.2f}x)")
     result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps, "rows": rows}
