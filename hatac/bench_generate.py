@@ -12,6 +12,7 @@ attention bytes each must read, over the copy bandwidth measured in the same run
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -98,7 +99,11 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int) -> 
         "tokens_per_s": batch / (step_ms * 1e-3),
         "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
     }
-    del cache, step, logits, ids
+    if step.graph is not None:
+        step.graph.reset()  # release the graph's private memory pool
+    step.graph = step.out = step.cache = None
+    del cache, step, logits, ids, out, tok
+    gc.collect()
     torch.cuda.empty_cache()
     return res
 
