@@ -67,7 +67,8 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
     def decode_graph(self) -> fx.GraphModule:
         return self.graphs[DECODE]
 
-    # Prefill longer prompts in chunks of this many tokens (bounds activation memory: 128K prompts fit).
+    # Prefill longer prompts in chunks of at most this many tokens summed over the batch (bounds activation
+    # memory, so 128K-token prompts fit next to their cache).
     prefill_chunk: int = 8192
     # On CUDA, generate() uses a static cache and a compiled, CUDA-graph-captured decode step.
     static_decode: bool = True
@@ -106,7 +107,7 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
         """Run one chunk through the prefill (default for > 1 token) or decode graph; returns logits."""
         s = input_ids.shape[1]
         mode = mode or (PREFILL if s > 1 else DECODE)
-        if mode == PREFILL and s > self.prefill_chunk:
+        if mode == PREFILL and s > self._chunk_len(input_ids.shape[0]):
             return self._chunked_prefill(cache, input_ids, attention_mask, logits_to_keep)
         if mode == DECODE and s == 1 and cache.static and self.static_decode and cache.tensors:
             if cache.static_step is None:
@@ -121,8 +122,11 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
             logits = logits[:, -logits_to_keep:]
         return logits
 
+    def _chunk_len(self, batch: int) -> int:
+        return max(128, self.prefill_chunk // max(1, batch))
+
     def _chunked_prefill(self, cache: HataCache, input_ids, attention_mask, logits_to_keep) -> torch.Tensor:
-        s, c = input_ids.shape[1], self.prefill_chunk
+        s, c = input_ids.shape[1], self._chunk_len(input_ids.shape[0])
         cache.ensure(input_ids.shape[0], cache.get_seq_length() + s)
         if isinstance(logits_to_keep, torch.Tensor):
             raise ValueError("chunked prefill takes logits_to_keep as a count")

@@ -19,7 +19,11 @@ def test_chunked_prefill_equals_one_chunk(hm):
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
     whole = hm(ids, attention_mask=mask, past_key_values=hm.new_cache()).logits
-    hm.prefill_chunk = 4
+    hm.prefill_chunk = 2 * 128  # 128 tokens a row for this batch of 2
+    ids = torch.randint(3, 300, (2, 300))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    whole = hm(ids, attention_mask=mask, past_key_values=hm.new_cache()).logits
     try:
         cache = hm.new_cache()
         chunked = hm(ids, attention_mask=mask, past_key_values=cache).logits
@@ -27,7 +31,7 @@ def test_chunked_prefill_equals_one_chunk(hm):
         hm.prefill_chunk = type(hm).prefill_chunk
     valid = mask.bool()  # padding's logits are filler in both
     torch.testing.assert_close(chunked[valid], whole[valid], rtol=1e-4, atol=1e-4)
-    assert cache.host_lengths == [10, 13]
+    assert cache.host_lengths == [297, 300]
 
 
 @torch.no_grad()
