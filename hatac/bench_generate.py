@@ -136,7 +136,14 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
                 continue
             dense = None
             for name, hm in variants.items():
-                r = measure(hm, batch, ctx, steps, compile, cfg.vocab_size)
+                say(f"b={batch} ctx={ctx} {name}: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated before")
+                try:
+                    r = measure(hm, batch, ctx, steps, compile, cfg.vocab_size)
+                except torch.OutOfMemoryError as exc:
+                    say(f"b={batch} ctx={ctx} {name}: out of memory ({str(exc).splitlines()[0]})")
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                    break
                 floor_s = (weight_bytes + attention_floor_bytes(hm, batch, ctx)) / bw
                 r.update(variant=name, batch=batch, context=ctx, floor_ms=floor_s * 1e3, of_floor=r["step_ms"] / (floor_s * 1e3))
                 if name == "dense":
