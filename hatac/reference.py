@@ -260,7 +260,12 @@ def cache_attention(
 
 
 def cache_write(cache: torch.Tensor, values: torch.Tensor, write_pos: torch.Tensor) -> None:
-    """cache[b, :, write_pos[b, s]] = values[b, :, s], in place. cache: (B, H, T, X); values: (B, H, S, X)."""
-    b, h, s, x = values.shape
-    idx = write_pos.to(torch.int64).view(b, 1, s, 1).expand(b, h, s, x)
-    cache.scatter_(2, idx, values.to(cache.dtype))
+    """cache[b, :, write_pos[b, s]] = values[b, :, s], in place. cache: (B, H, T, X); values: (B, H, S, X).
+
+    Written with index_put_ (advanced indexing): ``scatter_`` on 16-bit tensors makes a full-size copy of
+    the cache, which at long contexts costs more memory than the cache itself.
+    """
+    b, h, s, _ = values.shape
+    bi = torch.arange(b, device=cache.device).view(b, 1, 1)
+    hi = torch.arange(h, device=cache.device).view(1, h, 1)
+    cache[bi, hi, write_pos.to(device=cache.device, dtype=torch.int64).view(b, 1, s)] = values.to(cache.dtype)
