@@ -1,0 +1,368 @@
+"""``hatac eval``: recall@k, perplexity and passkey retrieval of every selection method, at every budget.
+
+One converted model (:class:`~hatac.evaluation.session.EvalModel`) runs all methods through the same
+graphs; the methods differ only in the policy the selector runs (see policies.py). Results go to
+``results.json`` and three PNG plots in ``out_dir``, and to rich tables on the console.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hatac.errors import HatacError
+from hatac.evaluation import report
+from hatac.evaluation.budgets import COUNTS, FRACTIONS, label
+from hatac.evaluation.learned import LearnWeights
+from hatac.evaluation.loki import fit_pca
+from hatac.evaluation.passkey import PasskeyBuilder, random_key, run_depth
+from hatac.evaluation.perplexity import document_nll
+from hatac.evaluation.policies import HashPolicy, Loki, Oracle, Policy, Quest, StreamingLLM
+from hatac.evaluation.recall import layer_recall, query_positions
+from hatac.evaluation.session import EvalModel
+from hatac.texts import Document, eval_documents
+
+TARGET_BUDGETS = (1 / 32, 1 / 16)
+
+
+@dataclass
+class EvalSettings:
+    """What the evaluation measures and on how much text. ``default()`` is the real run, ``quick()`` a smoke."""
+
+    fractions: tuple[float, ...] = FRACTIONS
+    counts: tuple[int, ...] = COUNTS
+    rbits: tuple[int, ...] = (32, 64, 128, 256)
+    main_rbits: int = 128
+    dense_layers: int = 2
+    # Perplexity and recall documents (hatac.texts.eval_documents: plays and stdlib code alternately).
+    n_docs: int = 2
+    doc_tokens_min: int = 3072
+    doc_tokens_max: int = 3072
+    loss_from: int = 1024
+    recall_queries: int = 128  # query positions per document, spread over [loss_from, length)
+    # Passkey: haystack tokens before the question, needle depths, trials per depth.
+    passkey_length: int = 2048
+    passkey_depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    passkey_trials: int = 10
+    # Baselines.
+    quest_page: int = 16
+    loki_rank: int = 0  # 0: head_dim // 4
+    streaming_sink: int = 4
+    calib_tokens: int = 8192  # calibration tokens for Loki's PCA
+    seed: int = 0
+    metrics: tuple[str, ...] = ("recall", "perplexity", "passkey")
+
+    @classmethod
+    def default(cls) -> "EvalSettings":
+        return cls()
+
+    @classmethod
+    def quick(cls) -> "EvalSettings":
+        """CI-size smoke: one short document, few trials, two hash widths."""
+        return cls(rbits=(32, 128), n_docs=1, doc_tokens_min=1280, doc_tokens_max=1280, recall_queries=16,
+                   passkey_length=512, passkey_depths=(0.5,), passkey_trials=2, calib_tokens=1024)  # fmt: skip
+
+    @property
+    def budgets(self) -> list[float]:
+        return [float(b) for b in self.fractions] + [float(c) for c in self.counts]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["budget_labels"] = [label(b) for b in self.budgets]
+        return d
+
+
+class _Progress:
+    """A rich progress bar (on a terminal) plus timestamped lines; silent when ``enabled`` is False."""
+
+    def __init__(self, enabled: bool, total: int, console=None):
+        self.enabled = enabled
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.console = console or Console(stderr=True)
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+            self.task = self.bar.add_task("hatac eval", total=total)
+            self.bar.start()
+
+    def say(self, msg: str) -> None:
+        if self.enabled:
+            self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
+
+    def step(self, what: str, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, description=what)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _policies(em: EvalModel, s: EvalSettings, learned: dict[int, dict], loki_basis: dict) -> tuple[dict[str, Policy], dict[int, dict[str, Policy]]]:
+    """Policies for perplexity/passkey (main r) and, per r, the hash policies for recall."""
+    def random_w(r):  # exactly ``--hash random``'s W (the W learned hashing starts from)
+        from hatac.calibration import random_weights
+
+        return random_weights(em.shape.hashed_layers, em.shape.n_kv_heads, em.shape.head_dim, r, s.seed)
+
+    rank = s.loki_rank or max(1, em.shape.head_dim // 4)
+    base: dict[str, Policy] = {"oracle": Oracle()}
+    hashes: dict[int, dict[str, Policy]] = {}
+    for r in s.rbits:
+        hashes[r] = {}
+        if r in learned:
+            hashes[r]["hatac-learned"] = HashPolicy(learned[r], "hatac-learned")
+        hashes[r]["hatac-random"] = HashPolicy(random_w(r), "hatac-random")
+    main = hashes.get(s.main_rbits) or {"hatac-random": HashPolicy(random_w(s.main_rbits), "hatac-random")}
+    base.update(main)
+    base["quest"] = Quest(s.quest_page)
+    base["loki"] = Loki(loki_basis, rank)
+    base["streaming"] = StreamingLLM(s.streaming_sink)
+    return base, hashes
+
+
+def _calib_slice(samples: list[list[int]], n_tokens: int) -> list[list[int]]:
+    out, used = [], 0
+    for ids in samples:
+        if used >= n_tokens:
+            break
+        out.append(ids[: n_tokens - used])
+        used += len(out[-1])
+    return out
+
+
+def run(
+    model: torch.nn.Module,
+    tokenizer,
+    out_dir: str | Path,
+    settings: EvalSettings | None = None,
+    *,
+    calib_samples: list[list[int]],
+    learn_weights: LearnWeights | None = None,
+    documents: list[Document] | None = None,
+    device: str | torch.device | None = None,
+    show_progress: bool = True,
+    console=None,
+) -> dict:
+    """Evaluate every method on ``model``; write ``results.json`` and plots to ``out_dir``; return the results.
+
+    ``calib_samples``: calibration token lists (Loki's PCA; never evaluation text). ``learn_weights(r)``
+    returns hatac's learned ``{layer: W}`` at r bits (None: learned hashing is left out).
+    ``documents``: perplexity/recall documents (default: ``hatac.texts.eval_documents``).
+    """
+    s = settings or EvalSettings.default()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if device is not None:
+        model = model.to(device)
+    if not calib_samples:
+        raise HatacError("the evaluation needs calibration samples (Loki's PCA, learned hashing)")
+    unknown = set(s.metrics) - {"recall", "perplexity", "passkey"}
+    if unknown:
+        raise HatacError(f"unknown metrics: {', '.join(sorted(unknown))}")
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()
+    if documents is None:
+        documents = eval_documents(tokenizer, s.doc_tokens_min, s.doc_tokens_max, n=s.n_docs)
+    for d in documents:
+        if len(d) <= s.loss_from:
+            raise HatacError(f"document {d.name} has {len(d)} tokens, not more than loss_from={s.loss_from}")
+    em = EvalModel(model, dense_layers=s.dense_layers)
+    timings["setup"] = time.perf_counter() - t0
+
+    budgets = s.budgets
+    n_methods = 5 + bool(learn_weights)
+    n_ppl = len(documents) * (1 + n_methods * len(budgets)) if "perplexity" in s.metrics else 0
+    n_rec = len(documents) if "recall" in s.metrics else 0
+    n_pk = len(s.passkey_depths) * s.passkey_trials if "passkey" in s.metrics else 0
+    prog = _Progress(show_progress, n_ppl + n_rec + n_pk, console)
+    try:
+        # -- calibration-side inputs: Loki's PCA, learned W per r ----------------------------------
+        t0 = time.perf_counter()
+        loki_basis = fit_pca(em.observe, _calib_slice(calib_samples, s.calib_tokens))
+        timings["loki_pca"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        learned: dict[int, dict] = {}
+        if learn_weights is not None:
+            for r in s.rbits:
+                prog.say(f"learned hash weights, r={r}")
+                learned[r] = learn_weights(r)
+        timings["learned_weights"] = time.perf_counter() - t0
+        policies, hashes = _policies(em, s, learned, loki_basis)
+        prog.say(f"methods: {', '.join(policies)}; budgets: {', '.join(label(b) for b in budgets)}")
+
+        results: dict = {
+            "settings": s.to_dict(),
+            "model": {"name": str(getattr(model.config, "_name_or_path", "") or type(model).__name__), "layers": em.shape.n_layers,
+                      "heads": em.shape.n_heads, "kv_heads": em.shape.n_kv_heads, "head_dim": em.shape.head_dim,
+                      "hashed_layers": em.shape.hashed_layers, "device": str(em.device)},  # fmt: skip
+            "methods": {name: p.describe() for name, p in policies.items()},
+            "documents": [{"name": d.name, "kind": d.kind, "tokens": len(d)} for d in documents],
+            "learned": bool(learned),
+        }
+
+        if "recall" in s.metrics:
+            t0 = time.perf_counter()
+            results["recall"], results["recall_per_layer"] = _recall(em, s, documents, policies, hashes, prog)
+            timings["recall"] = time.perf_counter() - t0
+        if "perplexity" in s.metrics:
+            t0 = time.perf_counter()
+            results["perplexity"] = _perplexity(em, s, documents, policies, prog)
+            timings["perplexity"] = time.perf_counter() - t0
+        if "passkey" in s.metrics:
+            t0 = time.perf_counter()
+            results["passkey"] = _passkey(em, s, tokenizer, policies, prog)
+            timings["passkey"] = time.perf_counter() - t0
+    finally:
+        prog.close()
+    timings["total"] = time.perf_counter() - t_all
+    results["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    results["targets"] = targets(results)
+    report.write_json(results, out / "results.json")
+    results["plots"] = [p.name for p in report.write_plots(results, out)]
+    report.write_json(results, out / "results.json")
+    return results
+
+
+def _recall(em, s, documents, policies, hashes, prog):
+    names = {n: p for n, p in policies.items() if n not in ("oracle",) and not n.startswith("hatac-")}
+    sums: dict[tuple, list] = {}  # (method, r or None, budget) -> [sum, rows]
+    per_layer: dict[tuple, dict[int, list]] = {}
+    for d in documents:
+        obs = em.observe(torch.tensor([d.ids]))
+        pos = query_positions(len(d), s.loss_from, s.recall_queries)
+        for layer, (q, k) in obs.items():
+            pols = {(n, None): p for n, p in names.items()}
+            for r, hp in hashes.items():
+                pols.update({(n, r): p for n, p in hp.items()})
+            res = layer_recall(q, k, pos, {key: p for key, p in pols.items()}, s.budgets, layer)
+            for key, by_b in res.items():
+                for b, (tot, n) in by_b.items():
+                    acc = sums.setdefault((*key, b), [0.0, 0])
+                    acc[0] += tot
+                    acc[1] += n
+                    pl = per_layer.setdefault((*key, b), {}).setdefault(layer, [0.0, 0])
+                    pl[0] += tot
+                    pl[1] += n
+        del obs
+        prog.step(f"recall: {d.name}")
+    # Mean over layers of each layer's mean recall (every layer weighs the same).
+    out: dict = {}
+    layers_out: dict = {}
+    for (name, r, b), by_layer in per_layer.items():
+        vals = [t / n for t, n in by_layer.values() if n]
+        mean = sum(vals) / len(vals) if vals else float("nan")
+        if r is None:
+            out.setdefault(name, {})[label(b)] = round(mean, 4)
+            layers_out.setdefault(name, {})[label(b)] = {str(lyr): round(t / n, 4) for lyr, (t, n) in sorted(by_layer.items())}
+        else:
+            out.setdefault(name, {}).setdefault(str(r), {})[label(b)] = round(mean, 4)
+            if r == s.main_rbits:
+                layers_out.setdefault(f"{name} r={r}", {})[label(b)] = {str(lyr): round(t / n, 4) for lyr, (t, n) in sorted(by_layer.items())}
+    order = ["hatac-learned", "hatac-random", "quest", "loki", "streaming"]
+    out = {k: out[k] for k in order if k in out}
+    return out, layers_out
+
+
+def _perplexity(em, s, documents, policies, prog):
+    res: dict = {}
+    nll, tok = {}, {}
+    per_doc: dict = {}
+    for d in documents:
+        a, n = document_nll(em, d.ids, None, 0, s.loss_from)
+        nll[("dense", None)] = nll.get(("dense", None), 0.0) + a
+        tok[("dense", None)] = tok.get(("dense", None), 0) + n
+        per_doc.setdefault(("dense", None), []).append(round(math.exp(a / n), 3))
+        prog.step(f"perplexity: {d.name} dense")
+        for name, policy in policies.items():
+            for b in s.budgets:
+                a, n = document_nll(em, d.ids, policy, b, s.loss_from)
+                nll[(name, b)] = nll.get((name, b), 0.0) + a
+                tok[(name, b)] = tok.get((name, b), 0) + n
+                per_doc.setdefault((name, b), []).append(round(math.exp(a / n), 3))
+                prog.step(f"perplexity: {d.name} {name} {label(b)}")
+    res["dense"] = {"ppl": round(math.exp(nll[("dense", None)] / tok[("dense", None)]), 4), "per_doc": per_doc[("dense", None)], "tokens": tok[("dense", None)]}
+    for name in policies:
+        res[name] = {label(b): {"ppl": round(math.exp(nll[(name, b)] / tok[(name, b)]), 4), "per_doc": per_doc[(name, b)]} for b in s.budgets}
+    return res
+
+
+def _passkey(em, s, tokenizer, policies, prog):
+    builder = PasskeyBuilder(tokenizer)
+    by_depth: dict = {}
+    for depth in s.passkey_depths:
+        rng = random.Random(f"{s.seed}-{depth}")
+        keys = [random_key(rng) for _ in range(s.passkey_trials)]
+        by_depth[depth] = run_depth(em, builder, s.passkey_length, depth, keys, policies, s.budgets, on_trial=lambda: prog.step(f"passkey: depth {depth}"))
+    dense_ok = [ok for depth in s.passkey_depths for ok in by_depth[depth]["dense"]]
+    res: dict = {"dense": {"acc": sum(dense_ok) / len(dense_ok), "trials": len(dense_ok),
+                           "by_depth": {str(dp): sum(by_depth[dp]["dense"]) / s.passkey_trials for dp in s.passkey_depths}}}  # fmt: skip
+    for name in policies:
+        res[name] = {}
+        for b in s.budgets:
+            oks = [ok for dp in s.passkey_depths for ok in by_depth[dp][name][b]]
+            where_dense = [ok for dp in s.passkey_depths for ok, dok in zip(by_depth[dp][name][b], by_depth[dp]["dense"]) if dok]
+            res[name][label(b)] = {
+                "acc": sum(oks) / len(oks),
+                "acc_where_dense_ok": sum(where_dense) / len(where_dense) if where_dense else None,
+                "by_depth": {str(dp): sum(by_depth[dp][name][b]) / s.passkey_trials for dp in s.passkey_depths},
+            }
+    return res
+
+
+def targets(results: dict) -> dict:
+    """The issue's targets at budgets 1/32 and 1/16, r = main: what was measured and whether it is met."""
+    s = results["settings"]
+    r = str(s["main_rbits"])
+    blist = [label(b) for b in TARGET_BUDGETS if label(b) in s["budget_labels"]]
+    checks = []
+    ppl, rec, pk = results.get("perplexity") or {}, results.get("recall") or {}, results.get("passkey") or {}
+    learned = results.get("learned")
+
+    def add(target, value, met):
+        checks.append({"target": target, "value": value, "met": met})
+
+    for b in blist:
+        if ppl:
+            rnd, orc = ppl["hatac-random"][b]["ppl"], ppl["oracle"][b]["ppl"]
+            if learned:
+                lrn = ppl["hatac-learned"][b]["ppl"]
+                closed = (rnd - lrn) / (rnd - orc) if rnd != orc else float("nan")
+                add(f"{b}: learned closes >= 80% of the random->oracle ppl gap", f"{100 * closed:.0f}% (random {rnd:.2f}, learned {lrn:.2f}, oracle {orc:.2f})", closed >= 0.8)
+            else:
+                add(f"{b}: learned closes >= 80% of the random->oracle ppl gap", f"learned not run (random {rnd:.2f}, oracle {orc:.2f})", None)
+        name = "hatac-learned" if learned else "hatac-random"
+        if rec:
+            v = rec[name][r][b]
+            add(f"{b}: recall@k >= 0.8 ({name})", f"{v:.3f}", v >= 0.8)
+        if pk:
+            v = pk[name][b]["acc_where_dense_ok"]
+            add(f"{b}: passkey equal to dense where dense succeeds ({name})", "-" if v is None else f"{100 * v:.0f}% of dense's successes", None if v is None else v >= 1.0)
+        if learned:
+            for other in ("quest", "loki", "streaming"):
+                parts, ok = [], True
+                if ppl:
+                    a, o = ppl[name][b]["ppl"], ppl[other][b]["ppl"]
+                    parts.append(f"ppl {a:.2f} vs {o:.2f}")
+                    ok &= a < o
+                if rec:
+                    a, o = rec[name][r][b], rec[other][b]
+                    parts.append(f"recall {a:.3f} vs {o:.3f}")
+                    ok &= a > o
+                if pk:
+                    a, o = pk[name][b]["acc"], pk[other][b]["acc"]
+                    parts.append(f"passkey {100 * a:.0f}% vs {100 * o:.0f}%")
+                    ok &= a >= o
+                add(f"{b}: learned better than {other}", ", ".join(parts), bool(ok))
+    return {"budgets": blist, "rbits": s["main_rbits"], "checks": checks}
