@@ -252,6 +252,39 @@ def demo(
     _run(run)
 
 
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument("smollm2", help="Model folder or hub id ('smollm2' = the bundled SmolLM2-135M-Instruct)."),
+    output: Path = typer.Option(Path("hatac-eval"), "-o", "--output", help="Folder for results.json and the PNG plots."),
+    quick: bool = typer.Option(False, "--quick", help="CI-size smoke run (one short document, few passkey trials)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    calib: Path = typer.Option(EXAMPLE_CALIB, "--calib", help="Calibration prompts (JSON Lines): Loki's PCA and learned hashing. Never evaluation text."),
+    learned: Optional[str] = typer.Option(None, "--learned", help="calibrate (default), cached (default with --quick: only W cached or given) or off."),
+    learned_from: List[Path] = typer.Option([], "--learned-from", help="Learned hash weights to use (artifact folder or .safetensors; repeatable, one per r)."),
+    calib_effort: str = typer.Option("auto", "--calib-effort", help="Calibration work for learned W: auto, fast or full."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated subset of recall,perplexity,passkey."),
+    docs: Optional[int] = typer.Option(None, "--docs", help="Perplexity/recall documents (plays and stdlib code alternately)."),
+    doc_tokens: Optional[int] = typer.Option(None, "--doc-tokens", help="Tokens per document."),
+    passkey_trials: Optional[int] = typer.Option(None, "--passkey-trials", help="Passkey trials per needle depth."),
+    passkey_length: Optional[int] = typer.Option(None, "--passkey-length", help="Passkey haystack tokens."),
+    seed: Optional[int] = typer.Option(None, help="Seed of random hashing and the passkeys."),
+):
+    """Recall@k, perplexity and passkey retrieval of hatac (learned, random), exact top-k, Quest, Loki and
+    StreamingLLM at budgets 1/64, 1/32, 1/16 of the context and 128, 256, 512 tokens."""
+
+    def run():
+        from hatac.evaluation.command import evaluate
+
+        overrides = {"n_docs": docs, "doc_tokens_min": doc_tokens, "doc_tokens_max": doc_tokens, "passkey_trials": passkey_trials,
+                     "passkey_length": passkey_length, "seed": seed,
+                     "metrics": tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None}  # fmt: skip
+        evaluate(model, output, quick=quick, device=device, dtype=dtype, calib=calib, learned=learned, learned_from=list(learned_from),
+                 calib_effort=calib_effort, overrides=overrides, progress=_progress, console=out)  # fmt: skip
+
+    _run(run)
+
+
 def _need_cuda():
     import torch
 

@@ -228,3 +228,23 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny_tok):
     assert all(0 <= v <= 1 for v in saved["recall"]["quest"].values())
     assert saved["passkey"]["dense"]["trials"] == 4
     assert saved["targets"]["checks"] and saved["timings_s"]["total"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--learned", "sometimes"], "--learned must be one of calibrate, cached, off"),
+        (["--metrics", "recall,speed"], "--metrics takes a comma-separated subset"),
+        (["--doc-tokens", "500"], "documents must be longer than loss_from=1024"),
+        (["--learned-from", "/nonexistent/w.safetensors", "--learned", "cached", "--metrics", "recall"], "no hash weights at /nonexistent"),
+    ],
+)
+def test_cli_refuses_bad_settings_in_one_line(args, message, llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from hatac.cli import app
+
+    res = CliRunner().invoke(app, ["eval", str(llama_dir), "-o", str(tmp_path / "out"), *args])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], res.output

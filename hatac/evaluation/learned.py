@@ -77,6 +77,14 @@ def weights_from_files(paths: list[Path]) -> dict[int, dict[int, torch.Tensor]]:
     return by_r
 
 
+def cache_path(cache_dir: Path, model: torch.nn.Module, samples: list[list[int]], rbits: int, budget: float, effort: str, seed: int = 0) -> Path:
+    """Where :func:`calibrated_weights` keeps W for these inputs (``effort`` already resolved)."""
+    key = hashlib.sha256(
+        json.dumps({"model": model_fingerprint(model), "samples": samples, "r": rbits, "budget": budget, "effort": effort, "seed": seed}).encode()
+    ).hexdigest()[:20]
+    return Path(cache_dir) / f"learned-r{rbits}-{key}.safetensors"
+
+
 def calibrated_weights(
     em: EvalModel,
     samples: list[list[int]],
@@ -91,10 +99,7 @@ def calibrated_weights(
     from hatac.calibration.learned import resolve_effort
 
     effort = resolve_effort(effort, em.device)
-    key = hashlib.sha256(
-        json.dumps({"model": model_fingerprint(em.model), "samples": samples, "r": rbits, "budget": budget, "effort": effort, "seed": seed}).encode()
-    ).hexdigest()[:20]
-    path = cache_dir / f"learned-r{rbits}-{key}.safetensors" if cache_dir else None
+    path = cache_path(cache_dir, em.model, samples, rbits, budget, effort, seed) if cache_dir else None
     if path is not None and path.is_file():
         if progress:
             progress(f"learned W r={rbits}: cached {path}")

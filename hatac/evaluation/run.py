@@ -69,6 +69,17 @@ class EvalSettings:
         return cls(rbits=(32, 128), n_docs=1, doc_tokens_min=1280, doc_tokens_max=1280, recall_queries=16,
                    passkey_length=512, passkey_depths=(0.5,), passkey_trials=2, calib_tokens=1024)  # fmt: skip
 
+    def validate(self) -> None:
+        unknown = set(self.metrics) - {"recall", "perplexity", "passkey"}
+        if unknown or not self.metrics:
+            raise HatacError(f"--metrics takes a comma-separated subset of recall, perplexity, passkey; got {', '.join(self.metrics) or 'nothing'}")
+        if self.n_docs < 1 or self.doc_tokens_min <= self.loss_from or self.doc_tokens_max < self.doc_tokens_min:
+            raise HatacError(f"documents must be longer than loss_from={self.loss_from} tokens (got {self.doc_tokens_min}..{self.doc_tokens_max}, {self.n_docs} docs)")
+        if self.passkey_trials < 1 or self.passkey_length < 64:
+            raise HatacError(f"passkey needs >= 1 trial and a haystack of >= 64 tokens (got {self.passkey_trials}, {self.passkey_length})")
+        if any(r % 32 or r < 32 for r in self.rbits):
+            raise HatacError(f"hash widths must be multiples of 32, got {self.rbits}")
+
     @property
     def budgets(self) -> list[float]:
         return [float(b) for b in self.fractions] + [float(c) for c in self.counts]
@@ -93,6 +104,10 @@ class _Progress:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
             self.task = self.bar.add_task("hatac eval", total=total)
             self.bar.start()
+
+    def set_total(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=total)
 
     def say(self, msg: str) -> None:
         if self.enabled:
@@ -166,9 +181,7 @@ def run(
         model = model.to(device)
     if not calib_samples:
         raise HatacError("the evaluation needs calibration samples (Loki's PCA, learned hashing)")
-    unknown = set(s.metrics) - {"recall", "perplexity", "passkey"}
-    if unknown:
-        raise HatacError(f"unknown metrics: {', '.join(sorted(unknown))}")
+    s.validate()
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -182,14 +195,11 @@ def run(
     timings["setup"] = time.perf_counter() - t0
 
     budgets = s.budgets
-    n_methods = 5 + bool(learn_weights)
-    n_ppl = len(documents) * (1 + n_methods * len(budgets)) if "perplexity" in s.metrics else 0
-    n_rec = len(documents) if "recall" in s.metrics else 0
-    n_pk = len(s.passkey_depths) * s.passkey_trials if "passkey" in s.metrics else 0
-    prog = _Progress(show_progress, n_ppl + n_rec + n_pk, console)
+    prog = _Progress(show_progress, 0, console)
     try:
         # -- calibration-side inputs: Loki's PCA, learned W per r ----------------------------------
         t0 = time.perf_counter()
+        prog.say("Loki: PCA of calibration keys")
         loki_basis = fit_pca(em.observe, _calib_slice(calib_samples, s.calib_tokens))
         timings["loki_pca"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -197,10 +207,16 @@ def run(
         if learn_weights is not None:
             for r in s.rbits:
                 prog.say(f"learned hash weights, r={r}")
-                learned[r] = learn_weights(r)
+                w = learn_weights(r)
+                if w is not None:
+                    learned[r] = w
         timings["learned_weights"] = time.perf_counter() - t0
         policies, hashes = _policies(em, s, learned, loki_basis)
         prog.say(f"methods: {', '.join(policies)}; budgets: {', '.join(label(b) for b in budgets)}")
+        n_ppl = len(documents) * (1 + len(policies) * len(budgets)) if "perplexity" in s.metrics else 0
+        n_rec = len(documents) if "recall" in s.metrics else 0
+        n_pk = len(s.passkey_depths) * s.passkey_trials if "passkey" in s.metrics else 0
+        prog.set_total(n_ppl + n_rec + n_pk)
 
         results: dict = {
             "settings": s.to_dict(),
@@ -209,7 +225,8 @@ def run(
                       "hashed_layers": em.shape.hashed_layers, "device": str(em.device)},  # fmt: skip
             "methods": {name: p.describe() for name, p in policies.items()},
             "documents": [{"name": d.name, "kind": d.kind, "tokens": len(d)} for d in documents],
-            "learned": bool(learned),
+            "learned": s.main_rbits in learned,
+            "learned_rbits": sorted(learned),
         }
 
         if "recall" in s.metrics:

@@ -1,0 +1,102 @@
+"""What ``hatac eval`` does, minus argument parsing: load the model and data, pick learned W, run, print."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hatac.errors import HatacError
+from hatac.evaluation import report
+from hatac.evaluation.learned import calibrated_weights, weights_from_files
+from hatac.evaluation.run import EvalSettings, run
+
+LEARNED_MODES = ("calibrate", "cached", "off")
+
+
+def evaluate(
+    model_id: str,
+    out_dir: Path,
+    *,
+    quick: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    calib: Path,
+    learned: str | None = None,
+    learned_from: list[Path] = (),
+    calib_effort: str = "auto",
+    overrides: dict | None = None,
+    progress: Callable[[str], None] = print,
+    console=None,
+) -> dict:
+    """``learned``: ``calibrate`` (learned W for every r: from ``learned_from``, the cache, or calibrated now
+    and cached), ``cached`` (only W from ``learned_from`` or the cache; other widths are left out of the
+    learned curves), ``off``. Default: calibrate, or cached with ``quick``."""
+    from hatac import artifact
+    from hatac.assets import cache_root
+    from hatac.calib_data import load_calibration
+
+    learned = learned or ("cached" if quick else "calibrate")
+    if learned not in LEARNED_MODES:
+        raise HatacError(f"--learned must be one of {', '.join(LEARNED_MODES)}, got {learned!r}")
+    settings = EvalSettings.quick() if quick else EvalSettings.default()
+    fields = {f.name for f in dataclasses.fields(EvalSettings)}
+    for k, v in (overrides or {}).items():
+        if k not in fields:
+            raise HatacError(f"unknown evaluation setting {k!r}")
+        if v is not None:
+            setattr(settings, k, v)
+    settings.validate()
+    if settings.main_rbits not in settings.rbits:
+        settings.rbits = tuple(sorted({*settings.rbits, settings.main_rbits}))
+    dev = artifact.parse_device(device)
+    dt = artifact.parse_dtype(dtype)
+    if model_id == "smollm2":
+        from hatac.assets import smollm2_dir
+
+        progress("preparing the bundled SmolLM2-135M-Instruct")
+        model_id = str(smollm2_dir())
+    progress(f"loading {model_id}")
+    model, tokenizer = artifact.load_source_model(model_id, dev, dt)
+    if tokenizer is None:
+        raise HatacError(f"{model_id} has no tokenizer; hatac eval tokenizes its texts with it")
+    samples = load_calibration(calib, tokenizer)
+    progress(f"calibration text: {len(samples)} samples, {sum(map(len, samples))} tokens from {calib}")
+
+    given = weights_from_files(list(learned_from))
+    learn = None
+    if learned != "off":
+        from hatac.evaluation.session import EvalModel
+
+        cache_dir = cache_root() / "eval"
+        state: dict = {}
+
+        def learn(r: int):
+            if r in given:
+                return given[r]
+            if "em" not in state:  # calibration runs on its own converted copy's observe graph
+                state["em"] = EvalModel(model, dense_layers=settings.dense_layers)
+            t0 = time.perf_counter()
+            w, summary = calibrated_weights(state["em"], samples, r, 1 / 32, calib_effort, cache_dir=cache_dir, progress=progress)
+            progress(f"learned W r={r}: {'cached' if 'cached' in summary else f'calibrated in {time.perf_counter() - t0:.0f}s'}")
+            return w
+
+        if learned == "cached":
+            from hatac.calibration.learned import resolve_effort
+            from hatac.evaluation.learned import cache_path
+
+            calibrate_now, effort = learn, resolve_effort(calib_effort, dev)
+
+            def learn(r: int):  # noqa: F811  (weights given or cached only; None leaves r out)
+                if r in given or cache_path(cache_dir, model, samples, r, 1 / 32, effort).is_file():
+                    return calibrate_now(r)
+                progress(f"learned W r={r}: not cached, left out (--learned calibrate computes it)")
+                return None
+
+    results = run(model, tokenizer, out_dir, settings, calib_samples=samples, learn_weights=learn, device=dev, console=console)
+    report.print_tables(results, console)
+    progress(f"wrote {Path(out_dir) / 'results.json'} and {', '.join(results['plots'])} in {results['timings_s']['total']:.0f}s")
+    return results
