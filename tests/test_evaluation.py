@@ -153,6 +153,20 @@ def test_every_method_keeps_the_same_number_of_tokens():
             assert not ((srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)).any()
 
 
+def test_attention_mass_is_the_softmax_share_of_the_selection():
+    from hatac.evaluation.recall import attention_probs, mass
+
+    q, k = _qk(s=12, seed=6)
+    pos = torch.arange(12).view(1, 12)
+    probs = attention_probs(q, k, pos, 0.5)
+    everything = torch.arange(12).expand(1, HKV, 12, 12).masked_fill(torch.arange(12).view(1, 1, 1, 12) > pos.view(1, 1, 12, 1), -1)
+    torch.testing.assert_close(mass(everything, probs), torch.ones(1, HKV, 12))
+    one = torch.zeros(1, HKV, 12, 1, dtype=torch.long)  # only slot 0
+    p0 = (q.reshape(1, HKV, G, 12, D) @ k.unsqueeze(2).transpose(-1, -2) * 0.5).masked_fill(
+        torch.arange(12).view(1, 1, 1, 1, 12) > pos.view(1, 1, 1, 12, 1), float("-inf")).softmax(-1)[..., 0].mean(2)
+    torch.testing.assert_close(mass(one, probs), p0)
+
+
 def test_overlap_counts_hits():
     true = torch.tensor([[0, 3, 5, -1]])
     pred = torch.tensor([[3, 4, 5, -1]])
@@ -226,6 +240,8 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny_tok):
             assert list(per) == labels and all(v["ppl"] > 1 for v in per.values())
     assert set(saved["recall"]["hatac-random"]) == {"32", "64"}
     assert all(0 <= v <= 1 for v in saved["recall"]["quest"].values())
+    assert set(saved["attention_mass"]) == {"oracle", "hatac-learned", "hatac-random", "quest", "loki", "streaming"}
+    assert all(0 < v <= 1 + 1e-6 for v in saved["attention_mass"]["oracle"].values())
     assert saved["passkey"]["dense"]["trials"] == 4
     assert saved["targets"]["checks"] and saved["timings_s"]["total"] > 0
 

@@ -47,19 +47,24 @@ def tables(results: dict) -> list[Table]:
                 cells.append(f"{_fmt(v)} ({100 * (v / dense - 1):+.0f}%)" if v is not None and dense else "-")
             t.add_row(name, *cells)
         out.append(t)
-    rec = results.get("recall") or {}
-    if rec:
-        main_r = str(results["settings"]["main_rbits"])
-        t = Table(title=f"Recall@k of the exact top-k (mean over hashed layers; hatac at r={main_r})")
+    main_r = str(results["settings"]["main_rbits"])
+    for key, title, digits in (
+        ("recall", f"Recall@k of the exact top-k (mean over hashed layers; hatac at each r)", 3),
+        ("attention_mass", "Dense attention mass on the selected tokens (mean over hashed layers)", 3),
+    ):
+        rec = results.get(key) or {}
+        if not rec:
+            continue
+        t = Table(title=title)
         t.add_column("method")
         for b in budgets:
             t.add_column(b, justify="right")
         for name, per in rec.items():
             if name.startswith("hatac-"):
                 for r, by_b in per.items():
-                    t.add_row(f"{name} r={r}", *[_fmt(by_b.get(b), 3) for b in budgets])
+                    t.add_row(f"{name} r={r}" + (" *" if r == main_r else ""), *[_fmt(by_b.get(b), digits) for b in budgets])
             else:
-                t.add_row(name, *[_fmt(per.get(b), 3) for b in budgets])
+                t.add_row(name, *[_fmt(per.get(b), digits) for b in budgets])
         out.append(t)
     pk = results.get("passkey") or {}
     if pk:
@@ -134,31 +139,32 @@ def plot_metric(results: dict, key: str, value: str, path: Path, ylabel: str, lo
 
 
 def plot_recall_vs_bits(results: dict, path: Path) -> None:
+    """Top row recall@k, bottom row attention mass, against hash bits; one column per budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rec = results.get("recall") or {}
     budgets = results["settings"]["budget_labels"]
     rbits = results["settings"]["rbits"]
-    fig, axes = plt.subplots(1, len(budgets), figsize=(2.3 * len(budgets), 2.9), dpi=80, sharey=True, squeeze=False)
-    for ax, b in zip(axes[0], budgets):
-        for name, per in rec.items():
-            color, ls = METHOD_STYLE.get(name, (None, "-"))
-            if name.startswith("hatac-"):
-                ys = [per.get(str(r), {}).get(b, float("nan")) for r in rbits]
-                ax.plot(rbits, ys, marker="o", color=color, ls=ls, label=name)
-            else:
-                v = per.get(b)
-                if v is not None:
-                    ax.axhline(v, color=color, ls=ls, lw=1, label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(rbits, [str(r) for r in rbits])
-        ax.set_title(f"budget {b}", fontsize=9)
+    rows = [(k, lab) for k, lab in (("recall", "recall@k"), ("attention_mass", "attention mass")) if results.get(k)]
+    fig, axes = plt.subplots(len(rows), len(budgets), figsize=(2.2 * len(budgets), 2.6 * len(rows)), dpi=80, sharey="row", squeeze=False)
+    for row, (key, ylabel) in zip(axes, rows):
+        for ax, b in zip(row, budgets):
+            for name, per in results[key].items():
+                color, ls = METHOD_STYLE.get(name, (None, "-"))
+                if name.startswith("hatac-"):
+                    ys = [per.get(str(r), {}).get(b, float("nan")) for r in rbits]
+                    ax.plot(rbits, ys, marker="o", color=color, ls=ls, label=name)
+                elif per.get(b) is not None:
+                    ax.axhline(per[b], color=color, ls=ls, lw=1, label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(rbits, [str(r) for r in rbits])
+            ax.set_title(f"budget {b}", fontsize=9)
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(ylabel)
+    for ax in axes[-1]:
         ax.set_xlabel("hash bits r")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("recall@k")
     axes[0][-1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path)

@@ -231,7 +231,7 @@ def run(
 
         if "recall" in s.metrics:
             t0 = time.perf_counter()
-            results["recall"], results["recall_per_layer"] = _recall(em, s, documents, policies, hashes, prog)
+            results["recall"], results["attention_mass"], results["recall_per_layer"] = _recall(em, s, documents, policies, hashes, prog)
             timings["recall"] = time.perf_counter() - t0
         if "perplexity" in s.metrics:
             t0 = time.perf_counter()
@@ -253,43 +253,44 @@ def run(
 
 
 def _recall(em, s, documents, policies, hashes, prog):
-    names = {n: p for n, p in policies.items() if n not in ("oracle",) and not n.startswith("hatac-")}
-    sums: dict[tuple, list] = {}  # (method, r or None, budget) -> [sum, rows]
-    per_layer: dict[tuple, dict[int, list]] = {}
+    """Mean over hashed layers (each layer weighs the same) of recall@k and attention mass; per layer too."""
+    names = {n: p for n, p in policies.items() if not n.startswith("hatac-")}  # oracle: mass of the exact top-k
+    per_layer: dict[tuple, dict[int, list]] = {}  # (method, r or None, budget) -> {layer: [recall, mass, rows]}
     for d in documents:
         obs = em.observe(torch.tensor([d.ids]))
         pos = query_positions(len(d), s.loss_from, s.recall_queries)
+        pols = {(n, None): p for n, p in names.items()}
+        for r, hp in hashes.items():
+            pols.update({(n, r): p for n, p in hp.items()})
         for layer, (q, k) in obs.items():
-            pols = {(n, None): p for n, p in names.items()}
-            for r, hp in hashes.items():
-                pols.update({(n, r): p for n, p in hp.items()})
-            res = layer_recall(q, k, pos, {key: p for key, p in pols.items()}, s.budgets, layer)
+            res = layer_recall(q, k, pos, pols, s.budgets, layer)
             for key, by_b in res.items():
-                for b, (tot, n) in by_b.items():
-                    acc = sums.setdefault((*key, b), [0.0, 0])
-                    acc[0] += tot
-                    acc[1] += n
-                    pl = per_layer.setdefault((*key, b), {}).setdefault(layer, [0.0, 0])
-                    pl[0] += tot
-                    pl[1] += n
+                for b, (rec, ms, n) in by_b.items():
+                    acc = per_layer.setdefault((*key, b), {}).setdefault(layer, [0.0, 0.0, 0])
+                    acc[0] += rec
+                    acc[1] += ms
+                    acc[2] += n
         del obs
         prog.step(f"recall: {d.name}")
-    # Mean over layers of each layer's mean recall (every layer weighs the same).
-    out: dict = {}
+    rec_out: dict = {}
+    mass_out: dict = {}
     layers_out: dict = {}
     for (name, r, b), by_layer in per_layer.items():
-        vals = [t / n for t, n in by_layer.values() if n]
-        mean = sum(vals) / len(vals) if vals else float("nan")
+        rec = sum(v[0] / v[2] for v in by_layer.values()) / len(by_layer)
+        ms = sum(v[1] / v[2] for v in by_layer.values()) / len(by_layer)
+        key = name if r is None else f"{name} r={r}"
         if r is None:
-            out.setdefault(name, {})[label(b)] = round(mean, 4)
-            layers_out.setdefault(name, {})[label(b)] = {str(lyr): round(t / n, 4) for lyr, (t, n) in sorted(by_layer.items())}
+            rec_out.setdefault(name, {})[label(b)] = round(rec, 4)
+            mass_out.setdefault(name, {})[label(b)] = round(ms, 4)
         else:
-            out.setdefault(name, {}).setdefault(str(r), {})[label(b)] = round(mean, 4)
-            if r == s.main_rbits:
-                layers_out.setdefault(f"{name} r={r}", {})[label(b)] = {str(lyr): round(t / n, 4) for lyr, (t, n) in sorted(by_layer.items())}
-    order = ["hatac-learned", "hatac-random", "quest", "loki", "streaming"]
-    out = {k: out[k] for k in order if k in out}
-    return out, layers_out
+            rec_out.setdefault(name, {}).setdefault(str(r), {})[label(b)] = round(rec, 4)
+            mass_out.setdefault(name, {}).setdefault(str(r), {})[label(b)] = round(ms, 4)
+        if r is None or r == s.main_rbits:
+            layers_out.setdefault(key, {})[label(b)] = {str(lyr): {"recall": round(v[0] / v[2], 4), "mass": round(v[1] / v[2], 4)} for lyr, v in sorted(by_layer.items())}
+    order = ["oracle", "hatac-learned", "hatac-random", "quest", "loki", "streaming"]
+    rec_out = {k: rec_out[k] for k in order if k in rec_out and k != "oracle"}
+    mass_out = {k: mass_out[k] for k in order if k in mass_out}
+    return rec_out, mass_out, layers_out
 
 
 def _perplexity(em, s, documents, policies, prog):
