@@ -110,6 +110,21 @@ def test_streaming_is_sinks_plus_most_recent(budget):
             assert got[0][h][i] == want and len(want) == n
 
 
+def test_forced_sink_and_recent_are_kept_inside_the_budget():
+    q, k = _qk(s=50, seed=7)
+    s = q.shape[2]
+    pos = torch.arange(s).view(1, s)
+    w = {0: torch.randn(HKV, D, 32, generator=torch.Generator().manual_seed(8))}
+    budget = 10.0
+    got = _sets(select(HashPolicy(w, sink=2, recent=3), q, k, pos, reference.topk_width(s, budget, 2, 3), budget, 0))
+    plain = select(HashPolicy(w), q, k, pos, reference.topk_width(s, budget), budget, 0)
+    for i in range(s):
+        for h in range(HKV):
+            assert len(got[0][h][i]) == min(i + 1, 10)
+            assert set(range(min(2, i + 1))) | set(range(max(0, i - 2), i + 1)) <= got[0][h][i]
+    assert torch.equal((plain >= 0).sum(-1), reference.keep_counts(pos[0] + 1, budget, 0, 0).view(1, 1, s).expand(1, HKV, s))
+
+
 def test_loki_full_rank_equals_oracle_and_low_rank_uses_leading_pca_dims():
     q, k = _qk(s=48, seed=4)
     s = q.shape[2]
@@ -219,7 +234,7 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny_tok):
     model = tiny_model("llama")
     docs = [Document("argparse.py", "code", _stdlib_ids(tiny_tok, "argparse.py", 200))]
     calib = [_stdlib_ids(tiny_tok, "textwrap.py", 150)]
-    settings = EvalSettings(fractions=(1 / 16, 1 / 4), counts=(8, 16), rbits=(32, 64), main_rbits=64, loss_from=96, recall_queries=12,
+    settings = EvalSettings(fractions=(1 / 16, 1 / 4), counts=(8, 16), rbits=(32, 64), main_rbits=64, loss_from=96, recall_queries=12, hatac_forced=((1, 2),),
                             passkey_length=260, passkey_depths=(0.3, 0.8), passkey_trials=2, calib_tokens=150)  # fmt: skip
     calls = []
 
@@ -234,7 +249,7 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny_tok):
     for p in res["plots"]:
         assert (tmp_path / p).stat().st_size > 1000
     labels = ["1/16", "1/4", "8", "16"]
-    assert set(saved["perplexity"]) == {"dense", "oracle", "hatac-learned", "hatac-random", "quest", "loki", "streaming"}
+    assert set(saved["perplexity"]) == {"dense", "oracle", "hatac-learned", "hatac-random", "quest", "loki", "streaming", "hatac-learned s1r2", "hatac-random s1r2"}
     for name, per in saved["perplexity"].items():
         if name != "dense":
             assert list(per) == labels and all(v["ppl"] > 1 for v in per.values())
@@ -244,6 +259,8 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny_tok):
     assert all(0 < v <= 1 + 1e-6 for v in saved["attention_mass"]["oracle"].values())
     assert saved["passkey"]["dense"]["trials"] == 4
     assert saved["targets"]["checks"] and saved["timings_s"]["total"] > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| method | 1/16 | 1/4 | 8 | 16 |" in md and "Passkey retrieval" in md
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,10 @@ class Policy:
     """Base class: override :meth:`key_state` (per layer, once per call) and :meth:`chunk_scores`."""
 
     name = "policy"
+    # Slots forced into the selection (first ``force_sink`` and last ``force_recent`` valid ones), counted
+    # inside the budget by select_topk, like hatac's own --sink / --recent.
+    force_sink = 0
+    force_recent = 0
 
     def key_state(self, k: torch.Tensor, layer: int):
         """Whatever the policy derives from the cached keys (B, Hkv, T, D), computed once per call."""
@@ -83,7 +87,7 @@ def select(
         pos = q_pos[:, c : c + row_chunk]
         t = min(t_max, int(pos.max()) + 1)
         scores = policy.chunk_scores(q[:, :, c : c + row_chunk], state, pos, t, layer)
-        out.append(reference.select_topk(scores, pos, width, budget, 0, 0, window))
+        out.append(reference.select_topk(scores, pos, width, budget, policy.force_sink, policy.force_recent, window))
     return torch.cat(out, dim=2)
 
 
@@ -100,9 +104,10 @@ class Oracle(Policy):
 class HashPolicy(Policy):
     """hatac's hash selection with projections ``weights[layer]`` (Hkv, D, r)."""
 
-    def __init__(self, weights: dict[int, torch.Tensor], name: str = "hatac"):
+    def __init__(self, weights: dict[int, torch.Tensor], name: str = "hatac", sink: int = 0, recent: int = 0):
         self.weights = weights
         self.name = name
+        self.force_sink, self.force_recent = sink, recent
         self._dev: dict = {}
 
     def _w(self, layer: int, device) -> torch.Tensor:
@@ -133,7 +138,7 @@ class HashPolicy(Policy):
 
     def describe(self) -> dict:
         w = next(iter(self.weights.values()), None)
-        return {"name": self.name, "rbits": None if w is None else int(w.shape[-1])}
+        return {"name": self.name, "rbits": None if w is None else int(w.shape[-1]), "sink": self.force_sink, "recent": self.force_recent}
 
 
 class Quest(Policy):

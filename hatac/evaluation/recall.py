@@ -70,7 +70,8 @@ def layer_recall(
         width = topk_width(t, budget)
         true = select(oracle, qs, kc, q_pos, width, budget, layer)
         for name, policy in policies.items():
-            pred = select(policy, qs, kc, q_pos, width, budget, layer)
+            w = topk_width(t, budget, policy.force_sink, policy.force_recent)
+            pred = select(policy, qs, kc, q_pos, w, budget, layer)
             hits, n = overlap(pred, true, t)
             r = (hits.float() / n.clamp_min(1).float()).sum().item()
             out[name][budget] = (r, mass(pred, probs).sum().item(), int(n.numel()))

@@ -89,6 +89,18 @@ def tables(results: dict) -> list[Table]:
     return out
 
 
+def markdown(results: dict) -> str:
+    """The tables as GitHub markdown (``results.md``)."""
+    lines = []
+    for t in tables(results):
+        lines += [f"**{t.title}**", "", "| " + " | ".join(str(c.header) for c in t.columns) + " |", "|" + "---|" * len(t.columns)]
+        cols = [list(c._cells) for c in t.columns]
+        for row in zip(*cols):
+            lines.append("| " + " | ".join(str(x) for x in row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def print_tables(results: dict, console: Console | None = None) -> None:
     console = console or Console()
     for t in tables(results):
@@ -117,7 +129,9 @@ def plot_metric(results: dict, key: str, value: str, path: Path, ylabel: str, lo
     for ax, (labels, xlabel) in zip(axes, _budget_panels(results)):
         x = range(len(labels))
         for name, per in data.items():
-            color, ls = METHOD_STYLE.get(name, (None, "-"))
+            color, ls = METHOD_STYLE.get(name, METHOD_STYLE.get(name.split(" ")[0], (None, "-")))
+            if " " in name:  # a variant (forced sink/recent): the base method's colour, dotted
+                ls = ":"
             if name == "dense":
                 v = per.get(value)
                 if v is not None:

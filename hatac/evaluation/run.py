@@ -55,6 +55,9 @@ class EvalSettings:
     quest_page: int = 16
     loki_rank: int = 0  # 0: head_dim // 4
     streaming_sink: int = 4
+    # Extra hatac-learned variants with (sink, recent) tokens forced into the selection (hatac's --sink and
+    # --recent, counted inside the budget), e.g. ((4, 4),) adds "hatac-learned s4r4". Empty: none.
+    hatac_forced: tuple[tuple[int, int], ...] = ()
     calib_tokens: int = 8192  # calibration tokens for Loki's PCA
     seed: int = 0
     metrics: tuple[str, ...] = ("recall", "perplexity", "passkey")
@@ -139,6 +142,10 @@ def _policies(em: EvalModel, s: EvalSettings, learned: dict[int, dict], loki_bas
         hashes[r]["hatac-random"] = HashPolicy(random_w(r), "hatac-random")
     main = hashes.get(s.main_rbits) or {"hatac-random": HashPolicy(random_w(s.main_rbits), "hatac-random")}
     base.update(main)
+    for sink, recent in s.hatac_forced:
+        for name in ("hatac-learned", "hatac-random"):
+            if name in main:
+                base[f"{name} s{sink}r{recent}"] = HashPolicy(main[name].weights, f"{name} s{sink}r{recent}", sink, recent)
     base["quest"] = Quest(s.quest_page)
     base["loki"] = Loki(loki_basis, rank)
     base["streaming"] = StreamingLLM(s.streaming_sink)
@@ -249,6 +256,7 @@ def run(
     report.write_json(results, out / "results.json")
     results["plots"] = [p.name for p in report.write_plots(results, out)]
     report.write_json(results, out / "results.json")
+    (out / "results.md").write_text(report.markdown(results))
     return results
 
 

@@ -85,7 +85,7 @@ class EvalModel:
         self.selector.set(policy, budget)
         inputs, n_host, n_dev = hm.step_inputs(cache, ids, None, SPARSE, self._keep(ids.shape[1], logits_from))
         max_len = max(a + n for a, n in zip(cache.host_lengths, n_host))
-        inputs[TOPK_WIDTH] = reference.topk_width(max_len, budget)
+        inputs[TOPK_WIDTH] = reference.topk_width(max_len, budget, policy.force_sink, policy.force_recent)
         logits = hm.decode_graph(**inputs)
         cache.advance(n_host, n_dev)
         return logits
