@@ -15,11 +15,22 @@ from hatac.cache import HataCache
 from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
 
 
+def compiled_decode(model, backend: str = "inductor"):
+    """``torch.compile`` of the model's decode graph, one per backend, cached on the model."""
+    cache = model.__dict__.setdefault("_compiled_decode", {})
+    if backend not in cache:
+        cache[backend] = torch.compile(model.decode_graph, fullgraph=True, backend=backend)
+    return cache[backend]
+
+
 class StaticDecodeStep:
     """One decode step of ``model`` over ``cache`` (whose capacity must not change afterwards).
 
     ``compile``: wrap the decode graph in ``torch.compile(fullgraph=True)``; ``cuda_graph``: capture
-    the step (graph call plus the length update) in a CUDA graph and replay it.
+    the step (graph call plus the length update) in a CUDA graph and replay it. The compiled function
+    is kept on the model and compiled with torch.compile's automatic dynamic shapes: the first cache
+    shape compiles static, a second one recompiles with dynamic batch and capacity that serve all later
+    ones, so steps over new caches reuse it (and never hit dynamo's recompile limit and fall back to eager).
     """
 
     def __init__(self, model, cache: HataCache, compile: bool = True, cuda_graph: bool | None = None, backend: str = "inductor"):
@@ -33,8 +44,7 @@ class StaticDecodeStep:
         self.ids = torch.zeros(self.batch, 1, dtype=torch.long, device=device)
         self.keep = torch.zeros(1, dtype=torch.long, device=device)
         self.width = model.topk_width(self.capacity)
-        graph = model.decode_graph
-        self.fn = torch.compile(graph, fullgraph=True, dynamic=False, backend=backend) if compile else graph
+        self.fn = compiled_decode(model, backend) if compile else model.decode_graph
         self.graph = None
         self.out = None
         if self.cuda_graph:

@@ -58,3 +58,26 @@ def test_static_cache_refuses_to_grow(hm):
     cache = hm.new_cache(capacity=8, static=True)
     with pytest.raises(ValueError, match="static cache"):
         hm(torch.randint(3, 300, (1, 12)), past_key_values=cache)
+
+
+@torch.no_grad()
+def test_compiled_step_is_reused_across_cache_shapes(hm):
+    """One compiled decode function per model: new caches (batch, capacity) reuse it, with at most one
+    recompile to dynamic shapes, so a sweep never falls back to eager at dynamo's recompile limit."""
+    from hatac.static_decode import compiled_decode
+
+    torch._dynamo.reset()
+    hm.__dict__.pop("_compiled_decode", None)
+    torch._dynamo.utils.counters.clear()
+    fns = []
+    for b, n in [(2, 9), (3, 14), (4, 11), (3, 20)]:
+        ids = torch.randint(3, 300, (b, n))
+        eager, static = hm.new_cache(), hm.new_cache(capacity=n + 4, static=True)
+        hm(ids, past_key_values=eager)
+        hm(ids, past_key_values=static)
+        step = StaticDecodeStep(hm, static, compile=True, cuda_graph=False, backend="aot_eager")
+        fns.append(step.fn)
+        tok = torch.randint(3, 300, (b, 1))
+        torch.testing.assert_close(step(tok), hm(tok, past_key_values=eager).logits, rtol=1e-4, atol=1e-4)
+    assert all(f is compiled_decode(hm, "aot_eager") for f in fns)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
