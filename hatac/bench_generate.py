@@ -131,6 +131,9 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
     variants = {"dense": hatac.convert(model, hatac.HataConfig(hash="random", dense_layers=layers), captured=captured)}
     for b in budgets:
         variants[f"hatac@{b:g}"] = hatac.convert(model, hatac.HataConfig(hash="random", budget=b), captured=captured)
+    kv_heads = {s.n_kv_heads for hm in variants.values() for s in hm.layers.values()}
+    if kv_heads != {cfg.num_key_value_heads}:
+        say(f"warning: caches hold {sorted(kv_heads)} KV heads per layer, the config {cfg.num_key_value_heads}")
     free = torch.cuda.mem_get_info()[1] - weight_bytes
     rows = []
     for batch in batches:
