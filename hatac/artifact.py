@@ -108,6 +108,8 @@ def load_source_model(model_id: str, device: torch.device, dtype: torch.dtype | 
 def save(model: HataForCausalLM, out: str | Path, tokenizer=None, source: str = "", source_dir: Path | None = None, passes: list[str] = (), overwrite: bool = False) -> Path:
     """Write ``model`` as an artifact folder at ``out``."""
     out = Path(out)
+    if getattr(model.hf_model, "hatac_tp", None) is not None:
+        raise HatacError("this model holds one tensor-parallel shard; save the artifact from a model loaded without tp")
     sha = {f.name: sha256_file(f) for f in weight_files(source_dir)} if source_dir else {}
     hashed = {f"layer.{i}": w.detach().float().contiguous().cpu() for i, w in sorted(model.hash_weights.items())}
     with atomic_dir(out, overwrite) as tmp:
@@ -158,8 +160,12 @@ def _check_weights(manifest: dict, weights: dict[str, torch.Tensor], folder: Pat
     return {int(name.split(".")[1]): w for name, w in weights.items()}
 
 
-def load(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> HataForCausalLM:
-    """Load an artifact folder as a :class:`HataForCausalLM` whose ``generate()`` runs hatac's graphs."""
+def load(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, tp: bool = False) -> HataForCausalLM:
+    """Load an artifact folder as a :class:`HataForCausalLM` whose ``generate()`` runs hatac's graphs.
+
+    ``tp=True`` (under ``torchrun --nproc-per-node N``): tensor parallel, each process loads its shard of
+    the heads and MLP onto its own GPU (see ``hatac/tp.py``); every process must call ``generate``.
+    """
     from transformers import AutoModelForCausalLM
 
     from hatac.converter import convert
@@ -179,17 +185,28 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
     recipe = HataConfig.from_dict(manifest["recipe"])
     dev = parse_device(str(device) if device is not None else None)
     dt = dtype if isinstance(dtype, torch.dtype) or dtype is None else parse_dtype(dtype)
+    expected_layers = manifest["layers"]
+    group = None
+    if tp:
+        from hatac import distributed, tp as tensor_parallel
+
+        group, dev = distributed.setup(dev)
+        group = group if group.world > 1 else None  # one process: nothing to shard
     try:
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dt or "auto")
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HatacError(f"cannot load the weights in {folder}: {msg}") from None
+    if group is not None:
+        hf = tensor_parallel.shard(hf, group)
+        weights = tensor_parallel.shard_hash_weights(weights, group)
+        expected_layers = tensor_parallel.shard_layer_dicts(expected_layers, group.world)
     hf = hf.to(dev).eval()
     passes = [load_pass(spec) for spec in manifest["passes"]]
     model = convert(hf, recipe, passes=passes, hash_weights=weights)
     got = [s.to_dict() for s in model.layers.values()]
-    if got != manifest["layers"]:
-        diff = next((a, b) for a, b in zip(got, manifest["layers"]) if a != b) if len(got) == len(manifest["layers"]) else (len(got), len(manifest["layers"]))
+    if got != expected_layers:
+        diff = next((a, b) for a, b in zip(got, expected_layers) if a != b) if len(got) == len(expected_layers) else (len(got), len(expected_layers))
         raise HatacError(f"manifest in {folder} does not match the model: replayed layer {diff[0]} vs saved {diff[1]}")
     model.manifest = manifest
     return model

@@ -54,7 +54,7 @@ def _progress(msg: str) -> None:
 def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto"):
     import torch
 
-    from hatac import artifact
+    from hatac import artifact, distributed
     from hatac.calib_data import load_calibration
     from hatac.config import HataConfig
     from hatac.converter import convert
@@ -62,6 +62,10 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
 
     config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed, calib_effort=calib_effort)
     dev = artifact.parse_device(device)
+    group = None
+    if distributed.launched():  # torchrun: one process a GPU, layers calibrated in parallel, rank 0 writes
+        group, dev = distributed.setup(dev)
+    say = _progress if group is None or group.is_main else (lambda msg: None)
     dt = artifact.parse_dtype(dtype)
     user_passes = [load_pass(p) for p in passes]
     if calib is None and hash_method == "learned":
@@ -69,27 +73,30 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     if model_id == "smollm2":
         from hatac.assets import smollm2_dir
 
-        _progress("preparing the bundled SmolLM2-135M-Instruct")
+        say("preparing the bundled SmolLM2-135M-Instruct")
         model_id = str(smollm2_dir())
     if not (Path(out_dir).parent.exists() or Path(out_dir).parent == Path("")):
         Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    _progress(f"loading {model_id}")
+    say(f"loading {model_id}")
     model, tokenizer = artifact.load_source_model(model_id, dev, dt)
     samples = []
     if calib is not None:
         if tokenizer is None:
             raise HatacError(f"{model_id} has no tokenizer to read the calibration file with")
         samples = load_calibration(calib, tokenizer, max_tokens=max_calib_tokens)
-        _progress(f"calibration: {len(samples)} samples, {sum(map(len, samples))} tokens")
+        say(f"calibration: {len(samples)} samples, {sum(map(len, samples))} tokens")
     with torch.no_grad():
-        _progress(f"capturing and rewriting ({config.hash} hashing, r={rbits}, budget={budget})")
-        hm = convert(model, config, samples=samples, passes=user_passes, progress=_progress)
+        say(f"capturing and rewriting ({config.hash} hashing, r={rbits}, budget={budget})")
+        hm = convert(model, config, samples=samples, passes=user_passes, progress=say)
     src_dir = artifact.resolve_model_dir(model_id)
     specs = [pass_spec(spec, p) for spec, p in zip(passes, user_passes)]  # replayable by hatac.load from anywhere
-    artifact.save(hm, out_dir, tokenizer=tokenizer, source=model_id, source_dir=src_dir, passes=specs, overwrite=overwrite)
+    if group is None or group.is_main:
+        artifact.save(hm, out_dir, tokenizer=tokenizer, source=model_id, source_dir=src_dir, passes=specs, overwrite=overwrite)
+    if group is not None:
+        group.barrier()
     n_hashed = sum(s.hashed for s in hm.layers.values())
-    _progress(f"wrote {out_dir}: {n_hashed}/{len(hm.layers)} layers hashed, {time.time() - t0:.1f}s")
+    say(f"wrote {out_dir}: {n_hashed}/{len(hm.layers)} layers hashed, {time.time() - t0:.1f}s")
     return hm, tokenizer
 
 
@@ -160,7 +167,7 @@ def inspect(
     _run(_inspect, path, graph)
 
 
-def _generate(path: Path, prompt: str, max_new_tokens: int, device: Optional[str], sample: bool, chat: bool, seed: int):
+def _generate(path: Path, prompt: str, max_new_tokens: int, device: Optional[str], sample: bool, chat: bool, seed: int, tp: bool = False):
     import torch
     from transformers import AutoTokenizer
 
@@ -168,7 +175,10 @@ def _generate(path: Path, prompt: str, max_new_tokens: int, device: Optional[str
 
     if max_new_tokens < 1:
         raise HatacError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    model = load(path, device=device)
+    model = load(path, device=device, tp=tp)
+    tp_group = getattr(model.hf_model, "hatac_tp", None)
+    if tp_group is not None and not tp_group.is_main:  # every process decodes; rank 0 prints
+        out.quiet = console.quiet = True
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception:
@@ -196,9 +206,10 @@ def generate(
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     chat: bool = typer.Option(True, help="Wrap the prompt in the tokenizer's chat template when it has one."),
     seed: int = typer.Option(0),
+    tp: bool = typer.Option(False, "--tp", help="Tensor parallel over the processes of torchrun --nproc-per-node N (one GPU each)."),
 ):
     """Generate text from an artifact with hash-aware top-k attention."""
-    _run(_generate, path, prompt, max_new_tokens, device, sample, chat, seed)
+    _run(_generate, path, prompt, max_new_tokens, device, sample, chat, seed, tp)
 
 
 def _export(path: Path, fmt: str, output: Path, graph: str, overwrite: bool):
@@ -269,6 +280,7 @@ def eval_(
     passkey_trials: Optional[int] = typer.Option(None, "--passkey-trials", help="Passkey trials per needle depth."),
     passkey_length: Optional[int] = typer.Option(None, "--passkey-length", help="Passkey haystack tokens."),
     seed: Optional[int] = typer.Option(None, help="Seed of random hashing and the passkeys."),
+    hatac_forced: Optional[str] = typer.Option(None, "--hatac-forced", help="Extra hatac variants with SINK:RECENT tokens forced into the selection, inside the budget (comma-separated, e.g. 4:8)."),
 ):
     """Recall@k, perplexity and passkey retrieval of hatac (learned, random), exact top-k, Quest, Loki and
     StreamingLLM at budgets 1/64, 1/32, 1/16 of the context and 128, 256, 512 tokens."""
@@ -278,11 +290,26 @@ def eval_(
 
         overrides = {"n_docs": docs, "doc_tokens_min": doc_tokens, "doc_tokens_max": doc_tokens, "passkey_trials": passkey_trials,
                      "passkey_length": passkey_length, "seed": seed,
-                     "metrics": tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None}  # fmt: skip
+                     "metrics": tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None,
+                     "hatac_forced": _forced_pairs(hatac_forced) if hatac_forced else None}  # fmt: skip
         evaluate(model, output, quick=quick, device=device, dtype=dtype, calib=calib, learned=learned, learned_from=list(learned_from),
                  calib_effort=calib_effort, overrides=overrides, progress=_progress, console=out)  # fmt: skip
 
     _run(run)
+
+
+def _forced_pairs(text: str) -> tuple[tuple[int, int], ...]:
+    """'4:8,0:16' -> ((4, 8), (0, 16)); one-line error otherwise."""
+    out = []
+    for part in text.split(","):
+        try:
+            sink, recent = (int(x) for x in part.strip().split(":"))
+        except ValueError:
+            raise HatacError(f"--hatac-forced takes SINK:RECENT pairs such as 4:8, got {part.strip()!r}") from None
+        if sink < 0 or recent < 0:
+            raise HatacError(f"--hatac-forced counts must be >= 0, got {part.strip()!r}")
+        out.append((sink, recent))
+    return tuple(out)
 
 
 def _need_cuda():
