@@ -212,8 +212,22 @@ def test_pass_routes_every_hashed_layer_and_hash_policy_reproduces_hatac(tiny_ev
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("policy", [Quest(4), StreamingLLM(2), Oracle()], ids=lambda p: p.name)
+def _tiny_w(r=64, seed=0):
+    return {layer: torch.randn(2, 64, r, generator=torch.Generator().manual_seed(seed + layer)) for layer in (2, 3)}
+
+
+def _tiny_basis():
+    return {layer: torch.linalg.qr(torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(layer)))[0] for layer in (2, 3)}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [Quest(4), StreamingLLM(2), Oracle(), HashPolicy(_tiny_w(), "hatac"), HashPolicy(_tiny_w(), "hatac s1r2", 1, 2), Loki(_tiny_basis(), 16)],
+    ids=lambda p: p.name,
+)
 def test_one_pass_equals_token_by_token_under_each_policy(tiny_eval, policy):
+    """The perplexity metric's premise: top-k at every position of one chunk (one pass) gives the logits that
+    feeding the tokens one at a time gives (each position selects over its own causal prefix only)."""
     _, em = tiny_eval
     ids = torch.randint(3, 300, (1, 30), generator=torch.Generator().manual_seed(1))
     one = em.sparse(em.new_cache(), ids, policy, 0.25)
