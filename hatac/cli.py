@@ -355,6 +355,29 @@ def bench_generate(
     _run(run)
 
 
+@bench_app.command("tp")
+def bench_tp(
+    output: Path = typer.Option(Path("bench-tp"), "-o", "--output", help="Folder for bench_tp.json (and the check's artifact)."),
+    batch: int = typer.Option(8, "--batch"),
+    context: int = typer.Option(65536, "--context"),
+    budget: float = typer.Option(0.0156, "--budget"),
+    steps: int = typer.Option(32, help="Decode steps timed (median reported)."),
+    layers: int = typer.Option(32, help="Decoder layers of the Llama-3-8B-shaped model."),
+    compile: bool = typer.Option(False, help="torch.compile the decode step before CUDA-graph capture."),
+    check: bool = typer.Option(True, help="First compare a small model's tensor-parallel outputs with one GPU's."),
+    baseline: bool = typer.Option(True, help="Also time the model on one GPU (rank 0) and print the ratio."),
+):
+    """Under torchrun --nproc-per-node N: decode tokens/s of the Llama-3-8B-shaped model on N GPUs against one."""
+
+    def run():
+        _need_cuda()
+        from hatac.bench_tp import run as bench
+
+        bench(output, batch, context, budget, steps, layers, compile, check, baseline, say=_progress)
+
+    _run(run)
+
+
 def main():  # pragma: no cover
     app()
 

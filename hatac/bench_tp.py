@@ -1,0 +1,158 @@
+"""``hatac bench tp`` (under ``torchrun --nproc-per-node N``): tensor-parallel decoding on N GPUs against one.
+
+1. **Correctness** (``--check``): rank 0 converts a small fp32 Llama (8 query / 4 KV heads, random hashing
+   with a 16-token budget, so top-k selection decides) and saves it; every rank loads it with
+   ``hatac.load(..., tp=True)`` and runs prefill logits, whole-text decode-mode logits and greedy
+   ``generate`` (static cache, compiled step, CUDA graph with NCCL inside); rank 0 then runs the same on
+   one GPU and compares: tokens equal, logits within tolerance.
+2. **Speed**: the Llama-3-8B-shaped random model of ``hatac bench generate`` (its ``build_model`` and
+   ``measure``), hatac variant (random hashing, layers 0-1 dense), at one batch and context: first on
+   rank 0 alone (one GPU; the other ranks wait), then sharded over all ranks. Decode tokens/s of each and
+   their ratio are printed and written to ``bench_tp.json``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+
+CHECK_CONFIG = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                    num_key_value_heads=4, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=False)  # fmt: skip
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _check_outputs(model, ids, mask, new_tokens: int) -> dict:
+    with torch.no_grad():
+        prefill = model(ids, attention_mask=mask).logits.float()
+        decode = model(ids, attention_mask=mask, hata_mode="decode").logits.float()
+        tokens = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    return {"prefill": prefill.cpu(), "decode": decode.cpu(), "tokens": tokens.cpu()}
+
+
+def correctness(group, out: Path, say, batch: int = 4, length: int = 384, new_tokens: int = 32, device: str = "cuda") -> dict:
+    """TP outputs of a saved artifact against the same artifact on one GPU (rank 0 compares)."""
+    import hatac
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    art = out / "tp-check-artifact"
+    if group.is_main:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**CHECK_CONFIG)).eval()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(8.0)  # peaky logits: greedy is not decided by rounding noise
+        hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=16, sink=1, recent=4, dense_layers=1))
+        hatac.save(hm, art, overwrite=True)
+        del model, hm
+    group.barrier()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, CHECK_CONFIG["vocab_size"], (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[-1, : length // 4] = 0  # a left-padded row
+    t0 = time.perf_counter()
+    tp_model = hatac.load(art, device=device, tp=True)
+    dev = tp_model.device
+    got = _check_outputs(tp_model, ids.to(dev), mask.to(dev), new_tokens)
+    say(f"check: tensor parallel over {group.world} processes ran in {time.perf_counter() - t0:.1f}s")
+    del tp_model
+    _free()
+    group.barrier()
+    if not group.is_main:
+        group.barrier()
+        return {}
+    one = hatac.load(art, device=dev)
+    ref = _check_outputs(one, ids.to(dev), mask.to(dev), new_tokens)
+    del one
+    _free()
+    res = {
+        "tokens_equal": bool(torch.equal(got["tokens"], ref["tokens"])),
+        "new_tokens": new_tokens,
+        "max_abs_logit_diff_prefill": float((got["prefill"] - ref["prefill"]).abs().max()),
+        "max_abs_logit_diff_decode": float((got["decode"] - ref["decode"]).abs().max()),
+        "logit_scale": float(ref["prefill"].abs().max()),
+    }
+    res["ok"] = res["tokens_equal"] and max(res["max_abs_logit_diff_prefill"], res["max_abs_logit_diff_decode"]) <= 1e-3 * max(1.0, res["logit_scale"])
+    say(f"check: greedy tokens {'equal' if res['tokens_equal'] else 'DIFFER'}; max |logit diff| prefill {res['max_abs_logit_diff_prefill']:.2e}, "
+        f"decode-mode {res['max_abs_logit_diff_decode']:.2e} (logits up to {res['logit_scale']:.1f}) -> {'OK' if res['ok'] else 'FAILED'}")
+    group.barrier()
+    return res
+
+
+def all_reduce_us(group, batch: int, hidden: int, reps: int = 200) -> float:
+    """Median latency of one all-reduce of a decode step's (batch, 1, hidden) bf16 activations."""
+    import torch.distributed._functional_collectives as funcol
+
+    x = torch.randn(batch, 1, hidden, device="cuda", dtype=torch.bfloat16)
+    for _ in range(20):
+        funcol.all_reduce(x, "sum", group.pg).wait()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        funcol.all_reduce(x, "sum", group.pg).wait()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def speed(group, tp: bool, batch: int, ctx: int, budget: float, steps: int, layers: int, compile: bool, say) -> dict:
+    import hatac
+    from hatac import tp as tensor_parallel
+    from hatac.bench_generate import build_model, measure
+    from hatac.capture import capture
+
+    model = build_model(layers)
+    if tp:
+        tensor_parallel.shard(model, group)
+        _free()
+    weight_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    t0 = time.perf_counter()
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=budget), captured=capture(model))
+    kv = {s.n_kv_heads for s in hm.layers.values()}
+    say(f"{'tp' if tp else 'one GPU'}: weights {weight_gb:.1f} GiB/GPU, KV heads per layer {sorted(kv)}, converted in {time.perf_counter() - t0:.1f}s")
+    r = measure(hm, batch, ctx, steps, compile, model.config.vocab_size)
+    r.update(gpus=group.world if tp else 1, batch=batch, context=ctx, budget=budget, weights_gib_per_gpu=weight_gb)
+    say(f"{'tp x' + str(group.world) if tp else 'one GPU'}: b={batch} ctx={ctx} step {r['step_ms']:.3f} ms  {r['tokens_per_s']:.1f} tok/s  "
+        f"prefill {r['prefill_s']:.1f}s  peak {r['peak_gb']:.1f} GiB")
+    del hm, model
+    _free()
+    return r
+
+
+def run(out_dir: str | Path = "bench-tp", batch: int = 8, context: int = 65536, budget: float = 0.0156, steps: int = 32, layers: int = 32,
+        compile: bool = False, check: bool = True, baseline: bool = True, say=print) -> dict:
+    from hatac import distributed
+
+    group, dev = distributed.setup("cuda")
+    log = say if group.is_main else (lambda msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"{group.world} processes, {torch.cuda.get_device_name(dev)}")
+    result: dict = {"device": torch.cuda.get_device_name(dev), "gpus": group.world, "layers": layers, "compile": compile, "steps": steps}
+    if check:
+        result["check"] = correctness(group, out, log)
+    if group.world > 1:
+        result["all_reduce_us"] = all_reduce_us(group, batch, 4096)
+        log(f"all-reduce of ({batch}, 1, 4096) bf16: {result['all_reduce_us']:.1f} us (median, eager)")
+    if baseline:
+        if group.is_main:
+            result["one_gpu"] = speed(group, False, batch, context, budget, steps, layers, compile, log)
+        group.barrier()
+    if group.world > 1:
+        result["tp"] = speed(group, True, batch, context, budget, steps, layers, compile, log)
+        if baseline:
+            result["ratio"] = result["tp"]["tokens_per_s"] / result["one_gpu"]["tokens_per_s"]
+            log(f"decode tokens/s on {group.world} GPUs vs 1: {result['tp']['tokens_per_s']:.1f} / {result['one_gpu']['tokens_per_s']:.1f} = {result['ratio']:.2f}x")
+    if group.is_main:
+        (out / "bench_tp.json").write_text(json.dumps(result, indent=2))
+    group.barrier()
+    return result
