@@ -67,7 +67,28 @@ def attention_floor_bytes(hm, batch: int, ctx: int) -> int:
     return total
 
 
-def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int) -> dict:
+def profile_step(step, reps: int = 3, top: int = 14) -> list[dict]:
+    """GPU time per kernel of one decode step (the compiled step launched without its CUDA graph: the
+    kernels are the same, the profiler attributes them reliably), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    saved = step.cache.lengths.clone()
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            step._step()
+            step.cache.lengths.copy_(saved)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if us > 0:
+            rows.append({"kernel": e.key[:90], "us_per_step": us / reps, "calls_per_step": e.count / reps})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    total = sum(r["us_per_step"] for r in rows)
+    return [{"kernel": "(all kernels)", "us_per_step": total, "calls_per_step": sum(r["calls_per_step"] for r in rows)}] + rows[:top]
+
+
+def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, profile: bool = False) -> dict:
     from hatac.static_decode import StaticDecodeStep
 
     torch.cuda.synchronize()
@@ -95,6 +116,7 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int) -> 
             end[i].record()
             tok = out[:, -1:].argmax(-1)
     torch.cuda.synchronize()
+    prof = profile_step(step) if profile else None
     times = sorted(s.elapsed_time(e) for s, e in zip(start, end))
     step_ms = times[len(times) // 2]
     res = {
@@ -104,6 +126,8 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int) -> 
         "tokens_per_s": batch / (step_ms * 1e-3),
         "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
     }
+    if prof is not None:
+        res["profile"] = prof
     if step.graph is not None:
         step.graph.reset()  # release the graph's private memory pool
     step.graph = step.out = step.cache = None
@@ -114,7 +138,7 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int) -> 
 
 
 def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(8192, 32768, 65536, 131072), budgets=(0.0156, 0.0313),
-        steps: int = 32, layers: int = 32, compile: bool = False, say=print) -> dict:
+        steps: int = 32, layers: int = 32, compile: bool = True, say=print, profile: bool = False) -> dict:
     import hatac
     from hatac.capture import capture
 
@@ -146,7 +170,7 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
             for name, hm in variants.items():
                 say(f"b={batch} ctx={ctx} {name}: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated before")
                 try:
-                    r = measure(hm, batch, ctx, steps, compile, cfg.vocab_size)
+                    r = measure(hm, batch, ctx, steps, compile, cfg.vocab_size, profile)
                 except torch.OutOfMemoryError as exc:
                     say(f"b={batch} ctx={ctx} {name}: out of memory ({str(exc).splitlines()[0]})")
                     gc.collect()
@@ -161,6 +185,8 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
                 (out / "bench_generate.json").write_text(json.dumps({"partial": True, "rows": rows}, indent=2))
                 say(f"b={batch:<2} ctx={ctx:<6} {name:<12} step {r['step_ms']:7.3f} ms  {r['tokens_per_s']:8.1f} tok/s  x{r['speedup']:.2f}  "
                     f"prefill {r['prefill_s']:.2f}s  peak {r['peak_gb']:.1f} GiB  floor {r['floor_ms']:.3f} ms ({r['of_floor']:.2f}x)")
+                for p in r.get("profile", []):
+                    say(f"    {p['us_per_step']:9.1f} us  x{p['calls_per_step']:<5g} {p['kernel']}")
     result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps, "rows": rows}
     (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out / "bench_generate.png")

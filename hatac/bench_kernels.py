@@ -137,6 +137,14 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt) -> 
     if dense_ms is None:
         dense_ms = _graph_bench(dense)
     dense_plain = _bench(dense)
+    # hatac's own dense decode (what dense layers and the dense baseline of `hatac bench generate` run).
+    from hatac.kernels.cache_attention import cache_attention as own_dense
+
+    own = lambda: own_dense(q, kc, vc, pos, scale)  # noqa: E731
+    own_err = ((own().float() - dense().float()).norm() / dense().float().norm()).item()
+    if own_err > 1e-2:
+        raise RuntimeError(f"hatac dense decode disagrees with SDPA at B={b}, T={t}: rel. error {own_err:.2e}")
+    own_dense_ms = _graph_bench(own)
     rows = []
     for budget in budgets:
         k = ref.topk_width(t, budget)
@@ -164,7 +172,8 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt) -> 
         dense_bytes = 2 * b * hkv * t * d * kc.element_size() + 2 * q.numel() * q.element_size()
         row = {
             "batch": b, "context": t, "budget": budget, "k": k,
-            "dense_ms": dense_ms, "dense_plain_ms": dense_plain, **{f"{n}_ms": v for n, v in stage.items()},
+            "dense_ms": dense_ms, "dense_plain_ms": dense_plain, "hatac_dense_decode_ms": own_dense_ms,
+            **{f"{n}_ms": v for n, v in stage.items()},
             "total_ms": total, "total_plain_ms": total_plain,
             "speedup": dense_ms / total, "speedup_plain": dense_plain / total_plain,
             "floor_ms": floor_bytes / bw * 1e3, "floor_bytes": floor_bytes,
@@ -279,7 +288,8 @@ def run(
             for r in new:
                 log(
                     f"B={b} ctx={t} k={r['k']}: dense {r['dense_ms'] * 1e3:.1f} us, hatac {r['total_ms'] * 1e3:.1f} us "
-                    f"(eager launches {r['total_plain_ms'] * 1e3:.1f}), {r['speedup']:.1f}x"
+                    f"(eager launches {r['total_plain_ms'] * 1e3:.1f}), {r['speedup']:.1f}x; "
+                    f"hatac dense decode {r['hatac_dense_decode_ms'] * 1e3:.1f} us"
                 )
     result = {
         "device": torch.cuda.get_device_name(),

@@ -342,7 +342,8 @@ def bench_generate(
     budget: List[float] = typer.Option([0.0156, 0.0313], "--budget"),
     steps: int = typer.Option(32, help="Decode steps timed per point (median reported)."),
     layers: int = typer.Option(32, help="Decoder layers of the Llama-3-8B-shaped model."),
-    compile: bool = typer.Option(False, help="torch.compile the decode step before CUDA-graph capture."),
+    compile: bool = typer.Option(True, help="torch.compile the decode step before CUDA-graph capture."),
+    profile: bool = typer.Option(False, help="Also print each point's GPU time per kernel of one step (torch profiler)."),
 ):
     """Decode tokens/s of a Llama-3-8B-shaped model with random weights: hatac against dense, one run."""
 
@@ -350,7 +351,7 @@ def bench_generate(
         _need_cuda()
         from hatac.bench_generate import run as bench
 
-        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress)
+        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress, profile=profile)
 
     _run(run)
 
@@ -363,7 +364,7 @@ def bench_tp(
     budget: float = typer.Option(0.0156, "--budget"),
     steps: int = typer.Option(32, help="Decode steps timed (median reported)."),
     layers: int = typer.Option(32, help="Decoder layers of the Llama-3-8B-shaped model."),
-    compile: bool = typer.Option(False, help="torch.compile the decode step before CUDA-graph capture."),
+    compile: bool = typer.Option(True, help="torch.compile the decode step before CUDA-graph capture."),
     check: bool = typer.Option(True, help="First compare a small model's tensor-parallel outputs with one GPU's."),
     baseline: bool = typer.Option(True, help="Also time the model on one GPU (rank 0) and print the ratio."),
 ):

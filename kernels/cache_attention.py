@@ -81,26 +81,19 @@ def _cache_attention_kernel(
 
 
 def _dense_decode(q, k_cache, v_cache, q_pos, scale, window):
-    """One query row: flash-decoding (split over the cache, G query heads of a KV head together) through the
-    sparse-attention kernel with every valid slot selected. The index row costs 4 bytes a slot against the
-    2 * D * 2 bytes of K and V it addresses, and buys the split-K parallelism a one-row flash forward lacks."""
+    """One query row: flash-decoding (split over the cache, G query heads of a KV head together) with the
+    sparse-attention kernel in its dense mode: contiguous slots up to the row's position, no index row.
+    The split-K parallelism is what a one-row flash forward lacks."""
     from hatac.kernels.sparse_attention import sparse_attention
 
-    b, hkv, t = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
-    slot = torch.arange(t, device=q.device, dtype=torch.int32).view(1, 1, 1, t)
-    hi = q_pos.view(b, 1, 1, 1).to(torch.int32)
-    live = slot <= hi
-    if window > 0:
-        live &= slot > hi - window
-    idx = torch.where(live, slot, -1).expand(b, hkv, 1, t)
-    return sparse_attention(q, k_cache, v_cache, idx, scale)
+    return sparse_attention(q, k_cache, v_cache, None, scale, q_pos=q_pos, window=window)
 
 
 def cache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_pos: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
     """Triton body of ``hatac::cache_attention``: (B, Hq, S, D) over (B, Hkv, T, D) caches, causal by position."""
     b, hq, s, d = q.shape
     hkv, t, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
-    if s == 1 and q.is_cuda:
+    if s == 1:
         return _dense_decode(q, k_cache, v_cache, q_pos, scale, window)
     out = torch.empty((b, hq, s, dv), dtype=q.dtype, device=q.device)
     if b == 0 or s == 0:

@@ -25,15 +25,15 @@ CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits":
 
 @triton.jit
 def _attn_split_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, cnt_ptr, out_ptr,
-    qk_scale, S, Hkv, K, D, DV, CHUNK, n_splits,
+    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, cnt_ptr, out_ptr, pos_ptr,
+    qk_scale, S, Hkv, K, D, DV, CHUNK, n_splits, window,
     sqb, sqh, sqs, sqd,
     skb, skh, skt, skd,
     svb, svh, svt, svd,
     sib, sih, sis, sik,
     sob, soh, sos, sod,
     G: tl.constexpr, GP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    F32_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    F32_DOT: tl.constexpr, PRECISION: tl.constexpr, DENSE: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -57,11 +57,20 @@ def _attn_split_kernel(
     acc = tl.zeros((GP, BLOCK_DV), tl.float32)
     n_lo = split * CHUNK
     n_hi = tl.minimum(n_lo + CHUNK, K)
+    if DENSE:  # every slot up to the query's position (within the window): no index loads, stop at the length
+        hi = tl.load(pos_ptr + b * S + s).to(tl.int32)
+        n_hi = tl.minimum(n_hi, hi + 1)
+        if window > 0:
+            n_lo = tl.maximum(n_lo, hi - window + 1)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        slot = tl.load(i_base + n * sik, mask=n < n_hi, other=-1)
-        used = slot >= 0
-        slot64 = slot.to(tl.int64)
+        if DENSE:
+            used = n < n_hi
+            slot64 = n.to(tl.int64)
+        else:
+            slot = tl.load(i_base + n * sik, mask=n < n_hi, other=-1)
+            used = slot >= 0
+            slot64 = slot.to(tl.int64)
         kt = tl.load(k_base + slot64[:, None] * skt + d[None, :] * skd, mask=used[:, None] & (d[None, :] < D), other=0.0)
         vt = tl.load(v_base + slot64[:, None] * svt + dv[None, :] * svd, mask=used[:, None] & (dv[None, :] < DV), other=0.0)
         if F32_DOT:
@@ -117,13 +126,24 @@ def _splits(n_rows: int, k: int, block_n: int) -> tuple[int, int]:
 
 
 def sparse_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor, scale: float,
-    out: torch.Tensor | None = None,
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor | None, scale: float,
+    out: torch.Tensor | None = None, q_pos: torch.Tensor | None = None, window: int = 0,
 ) -> torch.Tensor:
-    """Triton body of ``hatac::sparse_attention``: (B, Hq, S, Dv) in q's dtype."""
+    """Triton body of ``hatac::sparse_attention``: (B, Hq, S, Dv) in q's dtype.
+
+    ``indices=None`` is dense decoding (flash-decoding over the whole cache): every slot up to ``q_pos``
+    (B, S) and within ``window``, read contiguously with no index loads.
+    """
     b, hq, s, d = q.shape
     hkv, dv = k_cache.shape[1], v_cache.shape[3]
-    kk = indices.shape[-1]
+    dense = indices is None
+    if dense:
+        if q_pos is None:
+            raise ValueError("dense decoding needs q_pos")
+        q_pos = q_pos.to(torch.int32).expand(b, s).contiguous()
+        kk = k_cache.shape[2]
+    else:
+        kk = indices.shape[-1]
     g = hq // hkv
     if out is None:
         out = torch.empty((b, hq, s, dv), dtype=q.dtype, device=q.device)
@@ -141,11 +161,13 @@ def sparse_attention(
     o_part = torch.empty((n_rows, n_splits, g, dv), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((n_rows, n_splits, g), dtype=torch.float32, device=q.device)
     counters = torch.zeros((n_rows,), dtype=torch.int32, device=q.device)
+    idx_strides = (0, 0, 0, 0) if dense else indices.stride()
     _attn_split_kernel[(n_rows, n_splits)](
-        q, k_cache, v_cache, indices, o_part, lse_part, counters, out,
-        float(scale) * _LOG2E, s, hkv, kk, d, dv, chunk, n_splits,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(), *indices.stride(), *out.stride(),
+        q, k_cache, v_cache, q_pos if dense else indices, o_part, lse_part, counters, out, q_pos if dense else counters,
+        float(scale) * _LOG2E, s, hkv, kk, d, dv, chunk, n_splits, int(window),
+        *q.stride(), *k_cache.stride(), *v_cache.stride(), *idx_strides, *out.stride(),
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        F32_DOT=f32, PRECISION="ieee", num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"],
+        F32_DOT=f32, PRECISION="ieee", DENSE=dense,
+        num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"],
     )
     return out

@@ -14,10 +14,14 @@ SCRIPT = textwrap.dedent(
     from hatac.kernels.cache_attention import cache_attention
     torch.manual_seed(0)
     cases = [(2, 4, 2, 5, 40, 16, 0, torch.float32), (1, 2, 1, 17, 70, 32, 9, torch.float32),
-             (2, 4, 1, 3, 33, 64, 0, torch.bfloat16), (1, 3, 3, 1, 50, 16, 0, torch.float16)]
+             (2, 4, 1, 3, 33, 64, 0, torch.bfloat16), (1, 3, 3, 1, 50, 16, 0, torch.float16),
+             # one query row: the split-K dense decode (sparse kernel, dense mode), with and without a window
+             (3, 8, 2, 1, 300, 32, 0, torch.float32), (2, 4, 2, 1, 150, 16, 40, torch.float32), (2, 4, 1, 1, 97, 64, 0, torch.bfloat16)]
     for b, hq, hkv, s, t, d, window, dt in cases:
         q, k, v = (torch.randn(*sh).to(dt) for sh in [(b, hq, s, d), (b, hkv, t, d), (b, hkv, t, d)])
         pos = torch.randint(0, t, (b, s))
+        if s == 1:
+            pos[0] = t - 1  # a full row next to partial ones
         out = cache_attention(q, k, v, pos, 0.3, window)
         want = ref.cache_attention(q.float(), k.float(), v.float(), pos, 0.3, window)
         err = ((out.float() - want).norm() / want.norm()).item()
