@@ -9,10 +9,12 @@ import torch.multiprocessing as mp
 
 import hatac
 from _tp_worker import calibrate_learned, main, run_artifact
-from models import save_tiny
+from hatac import tp
+from hatac.distributed import Group
+from models import save_tiny, tiny_model
 
 WORLD = 2
-ARCHS = ("llama", "qwen2", "qwen3")  # plain GQA; q/k/v biases; per-head q/k norms (replicated)
+ARCHS = ("llama", "qwen2")  # plain GQA; q/k/v biases (sliced with their columns)
 
 
 def _free_port() -> int:
@@ -34,9 +36,8 @@ def runs(tmp_path_factory):
     """Every task in one spawn of 2 processes (process start-up dominates the cost)."""
     root = tmp_path_factory.mktemp("tp")
     arts = {name: _artifact(name, root / name) for name in ARCHS}
-    odd = _artifact("llama-hd128", root / "odd")  # 1 KV head: cannot split over 2
     tasks = [(name, "artifact", (str(a), True)) for name, a in arts.items()]
-    tasks += [("odd", "error", (str(odd),)), ("calibrate", "calibrate", (0,))]
+    tasks += [("calibrate", "calibrate", (0,))]
     out = root / "result.pt"
     mp.start_processes(main, args=(WORLD, _free_port(), tasks, str(out)), nprocs=WORLD, start_method="spawn")
     return arts, torch.load(out, weights_only=False)
@@ -53,8 +54,25 @@ def test_tensor_parallel_equals_one_process(runs, arch):
     assert torch.equal(tp["tokens"], one["tokens"])
 
 
-def test_tensor_parallel_needs_divisible_kv_heads(runs):
-    assert runs[1]["odd"] == "tensor parallel over 2 processes needs the KV head count (1) to be a multiple of 2"
+def test_tensor_parallel_needs_divisible_kv_heads():
+    with pytest.raises(hatac.HatacError, match=r"^tensor parallel over 2 processes needs the KV head count \(1\) to be a multiple of 2$"):
+        tp.shard(tiny_model("llama-hd128"), Group(0, 2))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_shard_keeps_the_ranks_heads(rank):
+    """Qwen3 (per-head q/k norms stay whole): rank r keeps query heads 2r..2r+1 and KV head r."""
+    full, model = tiny_model("qwen3"), tiny_model("qwen3")
+    tp.shard(model, Group(rank, 2))
+    a, b = full.model.layers[0].self_attn, model.model.layers[0].self_attn
+    torch.testing.assert_close(b.q_proj.weight, a.q_proj.weight[rank * 128 : (rank + 1) * 128], rtol=0, atol=0)
+    torch.testing.assert_close(b.k_proj.weight, a.k_proj.weight[rank * 64 : (rank + 1) * 64], rtol=0, atol=0)
+    torch.testing.assert_close(b.o_proj.weight, a.o_proj.weight[:, rank * 128 : (rank + 1) * 128], rtol=0, atol=0)
+    torch.testing.assert_close(b.k_norm.weight, a.k_norm.weight, rtol=0, atol=0)
+    m = model.model.layers[0].mlp
+    assert m.gate_proj.out_features == m.down_proj.in_features == 96 and model.lm_head.out_features == 160
+    w = {2: torch.randn(2, 64, 32)}
+    assert torch.equal(tp.shard_hash_weights(w, Group(rank, 2))[2], w[2][rank : rank + 1])
 
 
 def test_parallel_calibration_equals_serial(runs):
@@ -66,7 +84,7 @@ def test_parallel_calibration_equals_serial(runs):
         torch.set_num_threads(threads)
     par = runs[1]["calibrate"]
     assert par["calibration"]["processes"] == WORLD and serial["calibration"]["processes"] == 1
-    assert list(par["weights"]) == list(serial["weights"]) == [1, 2, 3]
+    assert list(par["weights"]) == list(serial["weights"]) == [2, 3]  # one layer a process
     for layer, w in serial["weights"].items():
         assert torch.equal(par["weights"][layer], w), layer
     assert par["calibration"]["layers"].keys() == serial["calibration"]["layers"].keys()
