@@ -25,6 +25,7 @@ CHECK_CONFIG = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, nu
 
 
 def _free() -> None:
+    torch._dynamo.reset()  # compiled steps hold their model's weights
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -88,16 +89,15 @@ def correctness(group, out: Path, say, batch: int = 4, length: int = 384, new_to
 
 def all_reduce_us(group, batch: int, hidden: int, reps: int = 200) -> float:
     """Median latency of one all-reduce of a decode step's (batch, 1, hidden) bf16 activations."""
-    import torch.distributed._functional_collectives as funcol
-
+    c10d = torch.ops._c10d_functional
     x = torch.randn(batch, 1, hidden, device="cuda", dtype=torch.bfloat16)
     for _ in range(20):
-        funcol.all_reduce(x, "sum", group.pg).wait()
+        c10d.wait_tensor(c10d.all_reduce(x, "sum", group.pg.group_name))
     times = []
     for _ in range(reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        funcol.all_reduce(x, "sum", group.pg).wait()
+        c10d.wait_tensor(c10d.all_reduce(x, "sum", group.pg.group_name))
         e.record()
         e.synchronize()
         times.append(s.elapsed_time(e) * 1e3)

@@ -18,9 +18,6 @@ import torch.distributed as dist
 
 from hatac.errors import HatacError
 
-TORCHRUN_HINT = "launch with torchrun --nproc-per-node N (one process a GPU)"
-
-
 @dataclass(frozen=True)
 class Group:
     """The processes working together: this one's ``rank`` of ``world``, over ``pg``."""
