@@ -36,6 +36,30 @@ EFFORTS = {
 }
 
 
+# Collected (query, key) data held at once: layers are calibrated in groups whose worst-case collector
+# size (PairCollector's per-layer caps) fits in this many bytes, one pass over the prompts per group.
+# SmolLM2-135M's 28 hashed layers (~55 MB each) fit in one group; a Llama-3-8B-shaped model (~290 MB a
+# layer at the default caps) takes 3 passes instead of holding ~9 GB.
+COLLECT_BYTES = 4 << 30
+
+
+def layer_groups(layers: list[int], specs: dict[int, LayerSpec], queries_per_prompt: int, budget_bytes: int) -> list[list[int]]:
+    """Split ``layers`` into consecutive groups whose collectors' worst-case bytes fit ``budget_bytes``."""
+    probe = PairCollector(1, 1, 1, queries_per_prompt=queries_per_prompt)
+    groups: list[list[int]] = []
+    used = 0
+    for layer in layers:
+        s = specs[layer]
+        need = 4 * s.head_dim * (probe.max_keys_per_layer * s.n_kv_heads + probe.max_queries_per_layer * s.n_heads)
+        if groups and used + need <= budget_bytes:
+            groups[-1].append(layer)
+            used += need
+        else:
+            groups.append([layer])
+            used = need
+    return groups
+
+
 def resolve_effort(effort: str, device: torch.device) -> str:
     if effort == "auto":
         return "full" if device.type == "cuda" else "fast"
@@ -82,35 +106,45 @@ def learned_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: Has
     # a one-process run, since sampling and training are seeded per (seed, prompt) and (seed, layer).
     group = distributed.current()
     mine = hashed if group is None else [layer for layer in hashed if distributed.rank_of_layer(layer, group.world) == group.rank]
-    collectors: dict[tuple, PairCollector] = {}
-    layer_collector: dict[int, PairCollector] = {}
-    for layer in mine:
-        s = specs[layer]
-        key = (s.n_heads, s.n_kv_heads, s.head_dim)
-        if key not in collectors:
-            collectors[key] = PairCollector(*key, queries_per_prompt=plan["queries_per_prompt"], seed=config.seed, store_dtype=torch.float32)
-        layer_collector[layer] = collectors[key]
-    n_tokens = 0
-    for i, ids in enumerate(inputs.samples):
-        outs = _observe(inputs, ids, device)
-        qk = outs[1:]
-        for j, layer in enumerate(hashed):
-            if layer in layer_collector:
-                layer_collector[layer].add(layer, qk[2 * j][0], qk[2 * j + 1][0], prompt_id=i)
-        del outs, qk
-        n_tokens += len(ids)
-        say(f"collected prompt {i + 1}/{len(inputs.samples)} ({len(ids)} tokens)")
-    t_collect = time.perf_counter() - t0
+    qpp = plan["queries_per_prompt"]
+    groups = layer_groups(mine, specs, qpp, COLLECT_BYTES)
     weights: Weights = {}
     stats: dict[str, dict] = {}
-    for n, layer in enumerate(mine, 1):
-        s = specs[layer]
-        res = calibrate(
-            layer_collector[layer], [layer], s.head_dim, s.n_kv_heads, s.n_heads, s.rbits, s.budget,
-            seed=config.seed, device=device, progress=lambda msg, n=n: say(f"[{n}/{len(mine)}] {msg}"), config=train_cfg,
-        )
-        weights[layer] = res.weights[layer]
-        stats[str(layer)] = {k: _clean(v) for k, v in res.stats[layer].items()}
+    n_tokens, t_collect, done = 0, 0.0, 0
+    for gi, group_layers in enumerate(groups):
+        # One pass over the prompts per group of layers: the collected pairs of at most COLLECT_BYTES
+        # worth of layers are in memory at a time, then trained and dropped.
+        t_group = time.perf_counter()
+        collectors: dict[tuple, PairCollector] = {}
+        layer_collector: dict[int, PairCollector] = {}
+        for layer in group_layers:
+            s = specs[layer]
+            key = (s.n_heads, s.n_kv_heads, s.head_dim)
+            if key not in collectors:
+                collectors[key] = PairCollector(*key, queries_per_prompt=qpp, seed=config.seed, store_dtype=torch.float32)
+            layer_collector[layer] = collectors[key]
+        n_tokens = 0
+        where = f" (layer group {gi + 1}/{len(groups)})" if len(groups) > 1 else ""
+        for i, ids in enumerate(inputs.samples):
+            outs = _observe(inputs, ids, device)
+            qk = outs[1:]
+            for j, layer in enumerate(hashed):
+                if layer in layer_collector:
+                    layer_collector[layer].add(layer, qk[2 * j][0], qk[2 * j + 1][0], prompt_id=i)
+            del outs, qk
+            n_tokens += len(ids)
+            say(f"collected prompt {i + 1}/{len(inputs.samples)} ({len(ids)} tokens){where}")
+        t_collect += time.perf_counter() - t_group
+        for layer in group_layers:
+            done += 1
+            s = specs[layer]
+            res = calibrate(
+                layer_collector[layer], [layer], s.head_dim, s.n_kv_heads, s.n_heads, s.rbits, s.budget,
+                seed=config.seed, device=device, progress=lambda msg, n=done: say(f"[{n}/{len(mine)}] {msg}"), config=train_cfg,
+            )
+            weights[layer] = res.weights[layer]
+            stats[str(layer)] = {k: _clean(v) for k, v in res.stats[layer].items()}
+        del collectors, layer_collector
     if group is not None:
         parts = group.all_gather_object((weights, stats))
         weights = {layer: w for part in parts for layer, w in part[0].items()}
@@ -129,6 +163,7 @@ def learned_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: Has
         "mean_recall_learned": round(sum(learned) / len(learned), 4) if learned else None,
         "mean_recall_random": round(sum(random) / len(random), 4) if random else None,
         "seconds_collect": round(t_collect, 1),
+        "layer_groups": len(groups),
         "seconds_total": round(time.perf_counter() - t0, 1),
         "device": str(device),
         "processes": group.world if group is not None else 1,

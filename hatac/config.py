@@ -31,6 +31,9 @@ class HataConfig:
     extra_dense: tuple[int, ...] = ()
     # Per-layer budget overrides {layer index: budget}.
     layer_budgets: dict[int, float] = field(default_factory=dict)
+    # Decode graphs encode the query and the new key in one op that also writes the key's code
+    # (hatac.passes.fusions.FuseEncodeStep): one kernel a layer instead of three. Same values.
+    fuse_encode: bool = True
     version: int = 1
 
     def __post_init__(self) -> None:

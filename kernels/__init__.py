@@ -21,6 +21,7 @@ else:
 
 if AVAILABLE:
     from hatac.kernels.cache_attention import cache_attention
+    from hatac.kernels.cache_write import cache_write
     from hatac.kernels.hamming_topk import hamming_topk
     from hatac.kernels.hash_encode import hash_encode, hash_encode_step
     from hatac.kernels.sparse_attention import sparse_attention
@@ -31,6 +32,7 @@ if AVAILABLE:
         "hamming_topk": hamming_topk,
         "sparse_attention": sparse_attention,
         "cache_attention": cache_attention,
+        "cache_write": cache_write,
     }
 else:  # pragma: no cover
     KERNELS = {}

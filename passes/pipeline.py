@@ -17,6 +17,7 @@ from hatac.passes.base import PassBase
 from hatac.passes.cache_inputs import AddCacheInputs
 from hatac.passes.cleanup import EliminateDeadCode
 from hatac.passes.find_attention import FindAttentionSites
+from hatac.passes.fusions import FuseEncodeStep
 from hatac.passes.layer_policy import AssignLayerPolicy
 from hatac.passes.observe import ExposeQueriesKeys
 from hatac.passes.repeat_kv import StripRepeatKV
@@ -27,8 +28,11 @@ AFTER_REWRITE = "after_rewrite"
 POSITIONS = (BEFORE_REWRITE, AFTER_REWRITE)
 
 
-def build_pipeline(user_passes: list[PassBase] = ()) -> list[PassBase]:
-    """hatac's passes with ``user_passes`` slotted in by their ``position`` attribute (default before_rewrite)."""
+def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False) -> list[PassBase]:
+    """hatac's passes with ``user_passes`` slotted in by their ``position`` attribute (default before_rewrite).
+
+    ``fuse_encode`` (the recipe's setting) adds the built-in FuseEncodeStep fusion ahead of user passes
+    placed after the rewrite."""
     before, after = [], []
     for p in user_passes:
         position = getattr(p, "position", BEFORE_REWRITE)
@@ -44,6 +48,7 @@ def build_pipeline(user_passes: list[PassBase] = ()) -> list[PassBase]:
         RewriteDenseAttention(),
         RewriteHashedAttention(),
         ExposeQueriesKeys(),
+        *([FuseEncodeStep()] if fuse_encode else []),
         *after,
         EliminateDeadCode(),
     ]

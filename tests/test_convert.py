@@ -61,17 +61,22 @@ def test_soft_capping_is_refused_naming_layer_and_node():
 
 
 class _CountEncodes(TorchDispatchMode):
-    """Counts rows hash-encoded, split by head count (keys have H_kv heads, queries H_q)."""
+    """Counts rows hash-encoded, split by head count (keys have H_kv heads, queries H_q); the fused decode
+    op ``hash_encode_step(q, k, ...)`` encodes both its query and its new key."""
 
     def __init__(self):
         super().__init__()
         self.rows = {}
 
+    def _add(self, x):
+        self.rows[x.shape[1]] = self.rows.get(x.shape[1], 0) + x.shape[0] * x.shape[2]
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is ops.hash_encode.default:
-            x = args[0]
-            key = x.shape[1]
-            self.rows[key] = self.rows.get(key, 0) + x.shape[0] * x.shape[2]
+            self._add(args[0])
+        elif func is ops.hash_encode_step.default:
+            self._add(args[0])
+            self._add(args[1])
         return func(*args, **(kwargs or {}))
 
 

@@ -22,7 +22,7 @@ from models import tiny_model
 
 ops = torch.ops.hatac
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "EXPORT.md"
-CFG = dict(hash="random", budget=4, dense_layers=1, rbits=64)
+CFG = dict(hash="random", budget=4, dense_layers=1, rbits=64, fuse_encode=False)  # the fusion applied by hand
 runner = CliRunner()
 
 

@@ -24,7 +24,7 @@ EXAMPLES = ROOT / "examples" / "passes"
 BUDGETS_PASS = f"{EXAMPLES / 'per_layer_budgets.py'}:PerLayerBudgets"
 DENSE_PASS = f"{EXAMPLES / 'keep_layers_dense.py'}:KeepLayersDense"
 BROKEN = Path(__file__).resolve().parent / "_user_passes.py"
-CFG = dict(hash="random", budget=4, dense_layers=2, rbits=64)
+CFG = dict(hash="random", budget=4, dense_layers=2, rbits=64, fuse_encode=False)  # the fusion applied by hand
 runner = CliRunner()
 
 
