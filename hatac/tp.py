@@ -104,21 +104,23 @@ def shard(model: torch.nn.Module, tp: Group, vocab_parallel: bool = True) -> tor
     if not plan:
         raise HatacError(f"{type(model).__name__} has no tensor-parallel plan (config.base_model_tp_plan); hatac cannot shard it")
     base = model.base_model
-    done = set()
-    for name, module in base.named_modules():
+    todo = []
+    for name, module in base.named_modules():  # check everything before changing anything
         style = plan.get(_plan_key(name))
         if style is None:
             continue
         if style == REPLICATED:
-            done.add(_plan_key(name))
             continue
         if style not in (COLWISE, ROWWISE) or not isinstance(module, torch.nn.Linear):
             raise HatacError(f"tensor parallel: {name} of {type(model).__name__} is planned as {style!r} ({type(module).__name__}); hatac shards only colwise/rowwise linears")
+        width = module.out_features if style == COLWISE else module.in_features
+        if width % tp.world:
+            raise HatacError(f"tensor parallel: {name} has {width} {'output' if style == COLWISE else 'input'} features, not a multiple of {tp.world}")
+        todo.append((name, module, style))
+    if not todo:
+        raise HatacError(f"tensor parallel: the plan of {type(model).__name__} matches none of its modules")
+    for name, module, style in todo:
         (_colwise if style == COLWISE else _rowwise)(module, tp, name)
-        done.add(_plan_key(name))
-    missing = sorted(set(plan) - done)
-    if missing:
-        raise HatacError(f"tensor parallel: the plan of {type(model).__name__} names modules not found: {', '.join(missing)}")
     for module in base.modules():  # attention modules that keep head counts as attributes
         for attr in ("num_heads", "num_key_value_heads"):
             if isinstance(getattr(module, attr, None), int) and hasattr(module, "head_dim"):

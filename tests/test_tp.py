@@ -90,3 +90,8 @@ def test_parallel_calibration_equals_serial(runs):
     assert par["calibration"]["layers"].keys() == serial["calibration"]["layers"].keys()
     for layer, stats in serial["calibration"]["layers"].items():
         assert par["calibration"]["layers"][layer]["recall_learned"] == stats["recall_learned"]
+
+
+def test_fused_projections_are_refused():
+    with pytest.raises(hatac.HatacError, match=r"of Phi3ForCausalLM is planned as '(colwise_gather_output|rowwise_split_input)'"):
+        tp.shard(tiny_model("phi3", num_key_value_heads=2), Group(0, 2))
