@@ -129,7 +129,7 @@ def speed(group, tp: bool, batch: int, ctx: int, budget: float, steps: int, laye
 
 
 def run(out_dir: str | Path = "bench-tp", batch: int = 8, context: int = 65536, budget: float = 0.0156, steps: int = 32, layers: int = 32,
-        compile: bool = False, check: bool = True, baseline: bool = True, say=print) -> dict:
+        compile: bool = True, check: bool = True, baseline: bool = True, say=print) -> dict:
     from hatac import distributed
 
     group, dev = distributed.setup("cuda")
