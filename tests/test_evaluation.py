@@ -269,7 +269,9 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny_tok):
             assert list(per) == labels and all(v["ppl"] > 1 for v in per.values())
     assert set(saved["recall"]["hatac-random"]) == {"32", "64"}
     assert all(0 <= v <= 1 for v in saved["recall"]["quest"].values())
-    assert set(saved["attention_mass"]) == {"oracle", "hatac-learned", "hatac-random", "quest", "loki", "streaming"}
+    assert set(saved["recall"]["hatac-learned s1r2"]) == {"64"}  # forced variants: at the main r only
+    assert set(saved["attention_mass"]) == {"oracle", "hatac-learned", "hatac-random", "hatac-learned s1r2", "hatac-random s1r2", "quest", "loki", "streaming"}
+    assert any(c["target"].endswith("[hatac-learned s1r2]") for c in saved["targets"]["checks"])
     assert all(0 < v <= 1 + 1e-6 for v in saved["attention_mass"]["oracle"].values())
     assert saved["passkey"]["dense"]["trials"] == 4
     assert saved["targets"]["checks"] and saved["timings_s"]["total"] > 0
@@ -284,6 +286,7 @@ def test_run_end_to_end_on_a_tiny_model(tmp_path, tiny_tok):
         (["--metrics", "recall,speed"], "--metrics takes a comma-separated subset"),
         (["--doc-tokens", "500"], "documents must be longer than loss_from=1024"),
         (["--learned-from", "/nonexistent/w.safetensors", "--learned", "cached", "--metrics", "recall"], "no hash weights at /nonexistent"),
+        (["--hatac-forced", "4-8"], "--hatac-forced takes SINK:RECENT pairs such as 4:8"),
     ],
 )
 def test_cli_refuses_bad_settings_in_one_line(args, message, llama_dir, tmp_path):
