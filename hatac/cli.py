@@ -367,6 +367,7 @@ def bench_tp(
     compile: bool = typer.Option(True, help="torch.compile the decode step before CUDA-graph capture."),
     check: bool = typer.Option(True, help="First compare a small model's tensor-parallel outputs with one GPU's."),
     baseline: bool = typer.Option(True, help="Also time the model on one GPU (rank 0) and print the ratio."),
+    timing: bool = typer.Option(True, help="Time the Llama-3-8B-shaped model (--no-timing: the correctness check only)."),
 ):
     """Under torchrun --nproc-per-node N: decode tokens/s of the Llama-3-8B-shaped model on N GPUs against one."""
 
@@ -374,7 +375,7 @@ def bench_tp(
         _need_cuda()
         from hatac.bench_tp import run as bench
 
-        bench(output, batch, context, budget, steps, layers, compile, check, baseline, say=_progress)
+        bench(output, batch, context, budget, steps, layers, compile, check, baseline, say=_progress, bench=timing)
 
     _run(run)
 
