@@ -1,4 +1,4 @@
-"""Opt-in fusions over the rewritten graph, written as pattern passes."""
+"""Fusions over the rewritten graph, written as pattern passes (FuseEncodeStep runs by default: recipe fuse_encode)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ class FuseEncodeStep(PatternPass):
     key and the query in one launch. Same values, same code cache (the op is defined as exactly this
     sequence; see :func:`hatac.reference.hash_encode_step`).
 
-    Opt in with ``--pass hatac.passes.fusions:FuseEncodeStep`` (or ``passes=[FuseEncodeStep()]``).
+    On by default (``HataConfig.fuse_encode``); with ``fuse_encode=False`` apply it by hand with
+    ``--pass hatac.passes.fusions:FuseEncodeStep`` (or ``passes=[FuseEncodeStep()]``).
     """
 
     position = "after_rewrite"
