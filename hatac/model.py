@@ -72,6 +72,9 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
     prefill_chunk: int = 8192
     # On CUDA, generate() uses a static cache and a compiled, CUDA-graph-captured decode step.
     static_decode: bool = True
+    # generate()'s static cache capacity is rounded up to a multiple of this, so prompts of similar
+    # lengths share cache shapes (and selection widths) and reuse the compiled step instead of recompiling.
+    capacity_bucket: int = 1024
 
     def new_cache(self, capacity: int = 0, static: bool = False) -> HataCache:
         return HataCache(self.layers, dtype=self.hf_model.dtype, device=self.device, capacity=capacity, static=static)
@@ -168,6 +171,7 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
                 if max_new is None:
                     max_new = max(1, (kwargs.get("max_length") or gc.max_length) - ids.shape[1])
                 capacity = ids.shape[1] + max_new
+                capacity = -(-capacity // self.capacity_bucket) * self.capacity_bucket
             kwargs["past_key_values"] = self.new_cache(capacity=capacity, static=static)
         return super().generate(*args, **kwargs)
 
