@@ -38,9 +38,14 @@ def test_gpu_tokens_match_cpu_tokens_at_a_sparse_budget():
 
 @cuda
 @torch.no_grad()
-def test_bf16_static_decode_runs_and_is_close_to_eager():
+@pytest.mark.parametrize("budget,tol", [(100_000, 3e-2), (16, 0.15)])
+def test_bf16_static_decode_runs_and_is_close_to_eager(budget, tol):
+    """The compiled CUDA-graph step against eager decoding, bf16. With the whole context selected the two
+    differ only by rounding (inductor fuses ops eager rounds one by one): held to 3e-2. With a 16-token
+    budget a hash bit of a projection near zero can also flip and swap a selected key (measured 0.067 on
+    the H100), so there the bound is a loose sanity check and the full-budget case carries the precision."""
     model = tiny_model("llama").cuda().to(torch.bfloat16)
-    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=16, rbits=128))
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=budget, rbits=128))
     ids = torch.randint(3, 300, (4, 200), device="cuda")
     eager, static = hm.new_cache(), hm.new_cache(capacity=220, static=True)
     hm(ids, past_key_values=eager)
@@ -49,7 +54,6 @@ def test_bf16_static_decode_runs_and_is_close_to_eager():
     for _ in range(4):
         a = hm(tok, past_key_values=eager).logits.float()
         b = hm(tok, past_key_values=static).logits.float()
-        # bf16: the compiled step rounds differently, and a code bit near zero can flip a selection
-        assert ((a - b).norm() / a.norm()).item() < 0.15
+        assert ((a - b).norm() / a.norm()).item() < tol
         tok = a[:, -1:].argmax(-1)
     assert static.static_step is not None and static.static_step.graph is not None
