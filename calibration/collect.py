@@ -114,6 +114,7 @@ class PairCollector:
         max_queries_per_layer: int = 2048,
         max_keys_per_layer: int = 65536,
         heldout_fraction: float = 0.2,
+        heldout_prompts: bool = False,
         label_frac: float = 0.1,
         seed: int = 0,
         store_device: torch.device | str | None = None,
@@ -129,6 +130,10 @@ class PairCollector:
         self.max_queries_per_layer = max_queries_per_layer
         self.max_keys_per_layer = max_keys_per_layer
         self.heldout_fraction = heldout_fraction
+        # Hold out whole prompts (every round(1/fraction)-th prompt id) instead of a share of each prompt's
+        # queries: held-out queries then attend to keys no training query saw, so early stopping can see
+        # overfitting to the calibration keys. Needs enough prompts; the caller decides.
+        self.heldout_prompts = heldout_prompts
         self.label_frac = label_frac
         self.seed = seed
         self.store_device = torch.device(store_device) if store_device is not None else None
@@ -153,6 +158,9 @@ class PairCollector:
         width = edges[1:] - edges[:-1]  # >= 1 since span >= n
         u = torch.rand(n, generator=g, dtype=torch.float64)
         pos = edges[:-1] + (u * width).floor().to(torch.int64).minimum(width - 1)
+        if self.heldout_prompts:
+            period = max(2, round(1 / self.heldout_fraction))
+            return pos, torch.full((n,), prompt_id % period == period - 1, dtype=torch.bool), priority
         n_ho = int(torch.floor(n * self.heldout_fraction + torch.rand(1, generator=g, dtype=torch.float64)))
         heldout = torch.zeros(n, dtype=torch.bool)
         heldout[torch.randperm(n, generator=g)[:n_ho]] = True

@@ -41,6 +41,8 @@ EFFORTS = {
 # SmolLM2-135M's 28 hashed layers (~55 MB each) fit in one group; a Llama-3-8B-shaped model (~290 MB a
 # layer at the default caps) takes 3 passes instead of holding ~9 GB.
 COLLECT_BYTES = 4 << 30
+# From this many calibration prompts on, the held-out split is whole prompts (see PairCollector).
+HELDOUT_PROMPTS_MIN = 10
 
 
 def layer_groups(layers: list[int], specs: dict[int, LayerSpec], queries_per_prompt: int, budget_bytes: int) -> list[list[int]]:
@@ -121,7 +123,8 @@ def learned_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: Has
             s = specs[layer]
             key = (s.n_heads, s.n_kv_heads, s.head_dim)
             if key not in collectors:
-                collectors[key] = PairCollector(*key, queries_per_prompt=qpp, seed=config.seed, store_dtype=torch.float32)
+                collectors[key] = PairCollector(*key, queries_per_prompt=qpp, seed=config.seed, store_dtype=torch.float32,
+                                                heldout_prompts=len(inputs.samples) >= HELDOUT_PROMPTS_MIN)
             layer_collector[layer] = collectors[key]
         n_tokens = 0
         where = f" (layer group {gi + 1}/{len(groups)})" if len(groups) > 1 else ""

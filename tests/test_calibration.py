@@ -132,6 +132,17 @@ def test_collector_split_is_disjoint_and_about_the_fraction():
     assert sum(int(b.qmask.sum()) for b in tr) == n_tr and sum(int(b.qmask.sum()) for b in ho) == n_ho
 
 
+def test_collector_can_hold_out_whole_prompts():
+    """heldout_prompts: every 4th prompt (fraction 0.25) is held out whole, the others train whole, so no
+    held-out query attends to keys a training query saw."""
+    col = PairCollector(2, 1, 8, queries_per_prompt=20, min_pos=4, heldout_fraction=0.25, seed=0, heldout_prompts=True)
+    for i in range(12):
+        col.add(0, *_qk(2, 1, 200, 8, i))
+    for b in col.blocks(0):
+        assert bool(b.heldout.all()) == (b.prompt_id % 4 == 3) and bool(b.heldout.any()) == (b.prompt_id % 4 == 3)
+    assert col.n_queries(0, "heldout") == 3 * 20 and col.n_queries(0, "train") == 9 * 20
+
+
 def test_collector_accepts_bf16_and_batch_dim():
     col = PairCollector(4, 2, 8, queries_per_prompt=4, min_pos=2)
     q, k = _qk(4, 2, 30, 8, 0)
