@@ -80,11 +80,17 @@ def weights_from_files(paths: list[Path]) -> dict[int, dict[int, torch.Tensor]]:
 def cache_path(cache_dir: Path, model: torch.nn.Module, samples: list[list[int]], rbits: int, budget: float, effort: str, seed: int = 0) -> Path:
     """Where :func:`calibrated_weights` keeps W for these inputs (``effort`` already resolved; its settings
     are part of the key, so changing what an effort does never returns W trained under the old settings)."""
-    from hatac.calibration.learned import EFFORTS
+    import dataclasses
+
+    from hatac.calibration.learned import EFFORTS, HELDOUT_PROMPTS_MIN
+    from hatac.calibration.train import TrainConfig
 
     plan = EFFORTS.get(effort)
+    # The resolved trainer settings (defaults included) and the held-out policy, not just the plan's overrides.
+    train = dataclasses.asdict(TrainConfig(**(plan or {}).get("train", {})))
     key = hashlib.sha256(
-        json.dumps({"model": model_fingerprint(model), "samples": samples, "r": rbits, "budget": budget, "effort": effort, "plan": plan, "seed": seed}).encode()
+        json.dumps({"model": model_fingerprint(model), "samples": samples, "r": rbits, "budget": budget, "effort": effort, "plan": plan,
+                    "train": train, "heldout_prompts_min": HELDOUT_PROMPTS_MIN, "seed": seed}).encode()
     ).hexdigest()[:20]
     return Path(cache_dir) / f"learned-r{rbits}-{key}.safetensors"
 
