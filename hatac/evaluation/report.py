@@ -28,16 +28,22 @@ def _fmt(v, digits=2, pct=False):
     return f"{100 * v:.0f}%" if pct else f"{v:.{digits}f}"
 
 
+def _budget_table(title: str, budgets: list[str]) -> Table:
+    """A table with a method column and one right-aligned column per budget."""
+    t = Table(title=title)
+    t.add_column("method")
+    for b in budgets:
+        t.add_column(b, justify="right")
+    return t
+
+
 def tables(results: dict) -> list[Table]:
     budgets = results["settings"]["budget_labels"]
     out = []
     ppl = results.get("perplexity") or {}
     if ppl:
         dense = ppl.get("dense", {}).get("ppl")
-        t = Table(title=f"Perplexity (top-k at every position, loss over positions >= {results['settings']['loss_from']}); dense {_fmt(dense)}")
-        t.add_column("method")
-        for b in budgets:
-            t.add_column(b, justify="right")
+        t = _budget_table(f"Perplexity (top-k at every position, loss over positions >= {results['settings']['loss_from']}); dense {_fmt(dense)}", budgets)
         for name, per in ppl.items():
             if name == "dense":
                 continue
@@ -55,10 +61,7 @@ def tables(results: dict) -> list[Table]:
         rec = results.get(key) or {}
         if not rec:
             continue
-        t = Table(title=title)
-        t.add_column("method")
-        for b in budgets:
-            t.add_column(b, justify="right")
+        t = _budget_table(title, budgets)
         for name, per in rec.items():
             if name.startswith("hatac-"):
                 for r, by_b in per.items():
@@ -69,10 +72,7 @@ def tables(results: dict) -> list[Table]:
     pk = results.get("passkey") or {}
     if pk:
         s = results["settings"]
-        t = Table(title=f"Passkey retrieval ({pk['dense']['trials']} trials, haystack {s['passkey_length']} tokens, depths {s['passkey_depths']}); dense {_fmt(pk['dense']['acc'], pct=True)}")
-        t.add_column("method")
-        for b in budgets:
-            t.add_column(b, justify="right")
+        t = _budget_table(f"Passkey retrieval ({pk['dense']['trials']} trials, haystack {s['passkey_length']} tokens, depths {s['passkey_depths']}); dense {_fmt(pk['dense']['acc'], pct=True)}", budgets)
         for name, per in pk.items():
             if name == "dense":
                 continue
