@@ -5,10 +5,14 @@
    ``hatac.load(..., tp=True)`` and runs prefill logits, whole-text decode-mode logits and greedy
    ``generate`` (static cache, compiled step, CUDA graph with NCCL inside); rank 0 then runs the same on
    one GPU and compares: tokens equal, logits within tolerance.
-2. **Speed**: the Llama-3-8B-shaped random model of ``hatac bench generate`` (its ``build_model`` and
+2. **All-reduce micro-benchmark**: one decode-sized all-reduce ((batch, 1, 4096) bf16) with each variant of
+   ``hatac/allreduce.py`` (NCCL, symmetric-memory one-shot and two-shot): eager latency, latency inside a
+   CUDA graph, and the difference from NCCL's result. The fastest variant that matches NCCL is timed below.
+3. **Speed**: the Llama-3-8B-shaped random model of ``hatac bench generate`` (its ``build_model`` and
    ``measure``), hatac variant (random hashing, layers 0-1 dense), at one batch and context: first on
-   rank 0 alone (one GPU; the other ranks wait), then sharded over all ranks. Decode tokens/s of each and
-   their ratio are printed and written to ``bench_tp.json``.
+   rank 0 alone (one GPU; the other ranks wait), then sharded over all ranks, prefilled once and decoded
+   with each all-reduce in turn (NCCL, then the best; a CUDA graph per variant over the same cache).
+   Decode tokens/s of each, their ratio and which all-reduce ran are printed and written to ``bench_tp.json``.
 """
 
 from __future__ import annotations
@@ -111,24 +115,56 @@ def correctness(group, out: Path, say, batch: int = 4, length: int = 384, new_to
     return res
 
 
-def all_reduce_us(group, batch: int, hidden: int, reps: int = 200) -> float:
-    """Median latency of one all-reduce of a decode step's (batch, 1, hidden) bf16 activations."""
-    c10d = torch.ops._c10d_functional
-    x = torch.randn(batch, 1, hidden, device="cuda", dtype=torch.bfloat16)
-    for _ in range(20):
-        c10d.wait_tensor(c10d.all_reduce(x, "sum", group.pg.group_name))
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        c10d.wait_tensor(c10d.all_reduce(x, "sum", group.pg.group_name))
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3)
-    return sorted(times)[len(times) // 2]
+def _time_step(hm, cache, tok, steps: int, compile: bool) -> tuple[float, torch.Tensor]:
+    """Median latency (ms) of ``steps`` replays of a freshly captured static decode step over ``cache``."""
+    from hatac.static_decode import StaticDecodeStep
+
+    step = StaticDecodeStep(hm, cache, compile=compile, cuda_graph=True)
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+    with torch.no_grad():
+        for i in range(steps):
+            start[i].record()
+            out = step(tok)
+            end[i].record()
+            tok = out[:, -1:].argmax(-1)
+    torch.cuda.synchronize()
+    if step.graph is not None:
+        step.graph.reset()
+    times = sorted(s.elapsed_time(e) for s, e in zip(start, end))
+    return times[len(times) // 2], tok
 
 
-def speed(group, tp: bool, batch: int, ctx: int, budget: float, steps: int, layers: int, compile: bool, say) -> dict:
+def measure_modes(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, modes: tuple[str, ...]) -> dict:
+    """One prefill, then the decode step timed with each all-reduce mode (one CUDA graph each; the cache
+    grows by ``steps`` tokens per mode, a negligible change at long contexts)."""
+    from hatac import allreduce
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, ctx), device="cuda", generator=gen)
+    cache = hm.new_cache(capacity=ctx + steps * len(modes) + 8, static=True)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = hm(ids, past_key_values=cache, logits_to_keep=1).logits
+    torch.cuda.synchronize()
+    res = {"prefill_s": time.perf_counter() - t0, "by_allreduce": {}}
+    tok = logits[:, -1:].argmax(-1)
+    for m in modes:
+        allreduce.reset_counts()
+        with allreduce.use(m):
+            ms, tok = _time_step(hm, cache, tok, steps, compile)
+        rep = allreduce.report()
+        res["by_allreduce"][m] = {"step_ms": ms, "tokens_per_s": batch / (ms * 1e-3), "used": rep["used"]}
+    res["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    del cache, logits, ids, tok
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def speed(group, tp: bool, batch: int, ctx: int, budget: float, steps: int, layers: int, compile: bool, say, modes=("nccl",)) -> dict:
     import hatac
     from hatac import tp as tensor_parallel
     from hatac.bench_generate import build_model, measure
@@ -143,18 +179,29 @@ def speed(group, tp: bool, batch: int, ctx: int, budget: float, steps: int, laye
     hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=budget), captured=capture(model))
     kv = {s.n_kv_heads for s in hm.layers.values()}
     say(f"{'tp' if tp else 'one GPU'}: weights {weight_gb:.1f} GiB/GPU, KV heads per layer {sorted(kv)}, converted in {time.perf_counter() - t0:.1f}s")
-    r = measure(hm, batch, ctx, steps, compile, model.config.vocab_size)
+    if not tp:
+        r = measure(hm, batch, ctx, steps, compile, model.config.vocab_size)
+    else:
+        r = measure_modes(hm, batch, ctx, steps, compile, model.config.vocab_size, modes)
+        for m, row in r["by_allreduce"].items():
+            say(f"tp x{group.world} all-reduce {m}: step {row['step_ms']:.3f} ms  {row['tokens_per_s']:.1f} tok/s  (ran: {row['used']})")
+        fastest = min(r["by_allreduce"], key=lambda m: r["by_allreduce"][m]["step_ms"])
+        r.update(allreduce=fastest, step_ms=r["by_allreduce"][fastest]["step_ms"], tokens_per_s=r["by_allreduce"][fastest]["tokens_per_s"])
     r.update(gpus=group.world if tp else 1, batch=batch, context=ctx, budget=budget, weights_gib_per_gpu=weight_gb)
     say(f"{'tp x' + str(group.world) if tp else 'one GPU'}: b={batch} ctx={ctx} step {r['step_ms']:.3f} ms  {r['tokens_per_s']:.1f} tok/s  "
-        f"prefill {r['prefill_s']:.1f}s  peak {r['peak_gb']:.1f} GiB")
+        f"prefill {r['prefill_s']:.1f}s  peak {r['peak_gb']:.1f} GiB" + (f"  all-reduce {r['allreduce']}" if tp else ""))
     del hm, model
     _free()
     return r
 
 
 def run(out_dir: str | Path = "bench-tp", batch: int = 8, context: int = 65536, budget: float = 0.0156, steps: int = 32, layers: int = 32,
-        compile: bool = True, check: bool = True, baseline: bool = True, say=print, bench: bool = True) -> dict:
-    from hatac import distributed
+        compile: bool = True, check: bool = True, baseline: bool = True, say=print, bench: bool = True, allreduce_modes: tuple[str, ...] | None = None) -> dict:
+    """``allreduce_modes``: the all-reduces to time the TP step with (default: ``HATAC_BENCH_ALLREDUCE``,
+    comma-separated, else NCCL and the micro-benchmark's fastest)."""
+    import os
+
+    from hatac import allreduce, distributed
 
     group, dev = distributed.setup("cuda")
     log = say if group.is_main else (lambda msg: None)
@@ -162,20 +209,35 @@ def run(out_dir: str | Path = "bench-tp", batch: int = 8, context: int = 65536, 
     out.mkdir(parents=True, exist_ok=True)
     log(f"{group.world} processes, {torch.cuda.get_device_name(dev)}")
     result: dict = {"device": torch.cuda.get_device_name(dev), "gpus": group.world, "layers": layers, "compile": compile, "steps": steps}
+    log(f"all-reduce mode {allreduce.mode()} (fast path up to {allreduce.MAX_BYTES} bytes)")
     if check:
+        allreduce.reset_counts()
         result["check"] = correctness(group, out, log)
+        result["check"]["allreduce"] = allreduce.report()
+        log(f"check: all-reduces run {result['check']['allreduce']['used']}; symmetric memory {result['check']['allreduce']['symmetric_memory']}")
+    modes = allreduce_modes or tuple(m for m in os.environ.get("HATAC_BENCH_ALLREDUCE", "").split(",") if m)
     if group.world > 1 and bench:
-        result["all_reduce_us"] = all_reduce_us(group, batch, 4096)
-        log(f"all-reduce of ({batch}, 1, 4096) bf16: {result['all_reduce_us']:.1f} us (median, eager)")
+        mb = allreduce.microbench(group.pg.group_name, (batch, 1, 4096))
+        result["allreduce_microbench"] = mb
+        for v, r in mb["variants"].items():
+            log(f"all-reduce ({batch}, 1, 4096) bf16 {v:>8}: " + (f"error {r['error']}" if "error" in r else
+                f"eager {r['eager_us']:.1f} us, in a CUDA graph {r['graph_us']:.1f} us, max |diff| vs NCCL {r['max_abs_diff_vs_nccl']:.1e}"))
+        result["all_reduce_us"] = mb["variants"]["nccl"].get("eager_us")
+        modes = modes or tuple(dict.fromkeys(("nccl", allreduce.best(mb))))
+        result["allreduce_modes"] = list(modes)
     if baseline and bench:
         if group.is_main:
             result["one_gpu"] = speed(group, False, batch, context, budget, steps, layers, compile, log)
         group.barrier()
     if group.world > 1 and bench:
-        result["tp"] = speed(group, True, batch, context, budget, steps, layers, compile, log)
+        result["tp"] = speed(group, True, batch, context, budget, steps, layers, compile, log, modes)
         if baseline and group.is_main:
-            result["ratio"] = result["tp"]["tokens_per_s"] / result["one_gpu"]["tokens_per_s"]
-            log(f"decode tokens/s on {group.world} GPUs vs 1: {result['tp']['tokens_per_s']:.1f} / {result['one_gpu']['tokens_per_s']:.1f} = {result['ratio']:.2f}x")
+            one = result["one_gpu"]["tokens_per_s"]
+            result["ratio"] = result["tp"]["tokens_per_s"] / one
+            result["ratio_by_allreduce"] = {m: r["tokens_per_s"] / one for m, r in result["tp"]["by_allreduce"].items()}
+            for m, x in result["ratio_by_allreduce"].items():
+                log(f"decode tokens/s on {group.world} GPUs vs 1 with all-reduce {m}: {result['tp']['by_allreduce'][m]['tokens_per_s']:.1f} / {one:.1f} = {x:.2f}x")
+    result["allreduce"] = allreduce.report()
     if group.is_main:
         (out / "bench_tp.json").write_text(json.dumps(result, indent=2))
     group.barrier()

@@ -6,9 +6,10 @@ tensor-parallel plan (``config.base_model_tp_plan``, the table transformers' ``t
 - ``colwise`` linears (q/k/v, gate/up) keep this rank's contiguous block of output features: its query
   heads, its KV heads (query head h uses KV head h // G, so the blocks line up), its MLP columns;
 - ``rowwise`` linears (o_proj, down_proj) keep the matching block of input features and sum their partial
-  outputs over the ranks with a functional all-reduce (``torch.ops._c10d_functional.all_reduce`` +
-  ``wait_tensor``), so the collective is a node of the exported graph: it runs eagerly, under
-  ``torch.compile`` and inside the CUDA graph of the static decode step (NCCL supports capture);
+  outputs over the ranks with ``hatac::all_reduce`` (``hatac/allreduce.py``), so the collective is a node
+  of the exported graph: it runs eagerly, under ``torch.compile`` and inside the CUDA graph of the static
+  decode step; on GPUs of one host small (decode) messages take a one-shot symmetric-memory all-reduce,
+  everything else the functional NCCL (or gloo) all-reduce;
 - ``replicated_with_grad_allreduce`` modules (Qwen3's per-head q/k norms) stay whole;
 - ``lm_head`` is split over the vocabulary and its logits all-gathered (when the vocabulary divides);
   the embedding stays replicated.
@@ -32,6 +33,7 @@ import re
 import torch
 import torch.distributed._functional_collectives as funcol
 
+import hatac.allreduce  # noqa: F401 - registers hatac::all_reduce
 from hatac.distributed import Group
 from hatac.errors import HatacError
 
@@ -59,8 +61,10 @@ def _block(n: int, tp: Group) -> slice:
 
 
 def _all_reduce_hook(pg, with_bias):
+    group_name = getattr(pg, "group_name", None)  # None only for shards made without a process group (tests)
+
     def hook(module, args, out):
-        out = funcol.all_reduce(out, "sum", pg)
+        out = torch.ops.hatac.all_reduce(out, group_name)
         return out + module.tp_bias if with_bias else out
 
     return hook
