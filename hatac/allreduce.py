@@ -121,9 +121,13 @@ def _local_alloc(device: torch.device, dtype: torch.dtype, world: int) -> torch.
     peers = [d for d in range(n) if d != device.index and not torch.cuda.can_device_access_peer(device.index, d)]
     if n >= world and peers:
         raise RuntimeError(f"cuda:{device.index} has no peer access to cuda:{peers[0]}")
-    if os.environ.get("TORCH_SYMMMEM") is None and symm_mem.get_backend(device) is None:
-        with contextlib.suppress(Exception):  # peer-mapped cudaMalloc'ed memory; NVSHMEM is not needed here
-            symm_mem.set_backend("CUDA")
+    # The one-shot / two-shot kernels need peer mappings only: never let the rendezvous create an NVLink
+    # multicast object (hosts here forbid it; a user who wants it must ask for it explicitly).
+    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    if os.environ.get("TORCH_SYMMMEM") is None:
+        with contextlib.suppress(Exception):  # the plain CUDA backend (peer-mapped memory); NVSHMEM is not needed
+            if getattr(symm_mem, "get_backend", lambda d: None)(device) is None:
+                symm_mem.set_backend("CUDA")
     buf = symm_mem.empty(MAX_BYTES // torch.empty((), dtype=dtype).element_size(), dtype=dtype, device=device)
     return buf
 
