@@ -334,35 +334,3 @@ def best(bench: dict) -> str:
     """The fast variant with the lowest in-graph latency that matched NCCL, else ``nccl``."""
     ok = {v: r["graph_us"] for v, r in bench["variants"].items() if "graph_us" in r and r.get("max_abs_diff_vs_nccl", 1) <= 1e-2}
     return min(ok, key=ok.get) if ok else "nccl"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``torchrun --nproc-per-node N -m hatac.allreduce [out.json] [label]``: the micro-benchmark over sizes."""
-    import json
-    import sys
-
-    from hatac import distributed
-
-    args = sys.argv[1:] if argv is None else argv
-    group, _ = distributed.setup("cuda")
-    label = args[1] if len(args) > 1 else "default"
-    env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_SYMM", "NVSHMEM_"))}
-    res = {"label": label, "torch": torch.__version__, "nccl": ".".join(map(str, torch.cuda.nccl.version())), "device": torch.cuda.get_device_name(),
-           "world": group.world, "env": env, "sizes": []}
-    for batch in (1, 8, 32, 64):
-        r = microbench(group.pg.group_name, (batch, 1, 4096))
-        res["sizes"].append(r)
-        if group.is_main:
-            line = "  ".join(f"{v} {x.get('graph_us', float('nan')):.1f}/{x.get('eager_us', float('nan')):.1f}us" + (f" ERR {x['error']}" if "error" in x else "")
-                             for v, x in r["variants"].items())
-            print(f"[{label}] all-reduce {r['bytes'] // 1024} KiB (graph/eager): {line}", flush=True)
-    res["report"] = report()
-    if group.is_main and args:
-        with open(args[0], "w") as f:
-            json.dump(res, f, indent=2)
-    group.barrier()
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

@@ -242,3 +242,39 @@ def run(out_dir: str | Path = "bench-tp", batch: int = 8, context: int = 65536, 
         (out / "bench_tp.json").write_text(json.dumps(result, indent=2))
     group.barrier()
     return result
+
+
+def allreduce_main(argv: list[str] | None = None) -> None:
+    """``torchrun --nproc-per-node N -m hatac.bench_tp [out.json] [label]``: every all-reduce variant over
+    decode message sizes (run once per NCCL setting: NCCL reads its environment once per process)."""
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    from hatac import distributed
+    from hatac.allreduce import microbench, report
+
+    args = sys.argv[1:] if argv is None else argv
+    group, _ = distributed.setup("cuda")
+    label = args[1] if len(args) > 1 else "default"
+    env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_SYMM", "NVSHMEM_"))}
+    res = {"label": label, "torch": torch.__version__, "nccl": str(torch.cuda.nccl.version()), "device": torch.cuda.get_device_name(),
+           "world": group.world, "env": env, "sizes": []}
+    for batch in (1, 8, 32, 64):
+        r = microbench(group.pg.group_name, (batch, 1, 4096))
+        res["sizes"].append(r)
+        if group.is_main:
+            line = "  ".join(f"{v} {x.get('graph_us', float('nan')):.1f}/{x.get('eager_us', float('nan')):.1f}us" + (f" ERR {x['error']}" if "error" in x else "")
+                             for v, x in r["variants"].items())
+            print(f"[{label}] all-reduce {r['bytes'] // 1024} KiB (graph/eager): {line}", flush=True)
+    res["report"] = report()
+    if group.is_main and args:
+        with open(args[0], "w") as f:
+            json.dump(res, f, indent=2)
+    group.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    allreduce_main()
