@@ -79,3 +79,22 @@ def select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FR
     n_valid = tl.maximum(hi_c - lo, 0)
     n_sel = tl.maximum(tl.minimum(tl.minimum(n_keep, n_valid), K), 0)
     return lo, hi_c, length, n_sel
+
+
+_COUNTERS: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def self_reset_counters(owner: str, device: torch.device, n: int) -> torch.Tensor | None:
+    """``n`` int32 counters that are zero at every launch because the kernel using them leaves them at zero
+    (its last program resets what it counted), so a decode step needs no memset node. One buffer per
+    (kernel, device), grown only outside CUDA-graph capture (a buffer made during capture would live in the
+    graph's private pool): None then, and the caller zero-fills its own. Launches of one kernel on one
+    device must not overlap (one stream), as in a decode step."""
+    key = (owner, torch.device(device))
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = torch.zeros(max(4096, 2 * n), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf

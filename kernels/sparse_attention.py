@@ -4,8 +4,9 @@ A program owns one (batch, KV head, query row) and one contiguous piece of that 
 gathers the selected K and V rows, runs an online softmax for the G query heads of the KV head together
 (so each gathered row is read once for the whole group), and writes a normalised partial output and its
 log-sum-exp; the last piece of a row to finish (a per-row atomic counter) merges them, so there is no
-second launch. Splitting the selection, not the heads, is what fills the GPU at batch 1 where there are
-only Hkv rows.
+second launch. The counters persist between launches and the merging piece resets its row's, so there is
+no memset either (``self_reset_counters``). Splitting the selection, not the heads, is what fills the GPU
+at batch 1 where there are only Hkv rows.
 
 Slots equal to -1 are skipped; a query with nothing selected gets zeros (reference.sparse_attention).
 """
@@ -16,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import hw_flag, next_pow2
+from hatac.kernels._common import hw_flag, next_pow2, self_reset_counters
 
 _LOG2E = 1.4426950408889634
 # Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
@@ -99,6 +100,7 @@ def _attn_split_kernel(
     # The last piece of a row to finish merges all of them (acq_rel atomic: the others' stores are visible).
     done = tl.atomic_add(cnt_ptr + row, 1)
     if done == n_splits - 1:
+        tl.atomic_xchg(cnt_ptr + row, 0)  # every piece has counted: leave zero for the next launch
         top = tl.full((GP,), float("-inf"), tl.float32)
         wsum = tl.zeros((GP,), tl.float32)
         res = tl.zeros((GP, BLOCK_DV), tl.float32)
@@ -160,7 +162,9 @@ def sparse_attention(
     n_splits, chunk = _splits(n_rows, kk, block_n)
     o_part = torch.empty((n_rows, n_splits, g, dv), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((n_rows, n_splits, g), dtype=torch.float32, device=q.device)
-    counters = torch.zeros((n_rows,), dtype=torch.int32, device=q.device)
+    counters = self_reset_counters("sparse_attention", q.device, n_rows)
+    if counters is None:
+        counters = torch.zeros((n_rows,), dtype=torch.int32, device=q.device)
     idx_strides = (0, 0, 0, 0) if dense else indices.stride()
     _attn_split_kernel[(n_rows, n_splits)](
         q, k_cache, v_cache, q_pos if dense else indices, o_part, lse_part, counters, out, q_pos if dense else counters,

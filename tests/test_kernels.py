@@ -206,6 +206,15 @@ def test_hamming_topk_gpu(case):
     _check_topk("cuda", *case, seed=7, distinct=5)  # many ties
 
 
+def _counters_zero(owner):
+    """Every kernel that keeps persistent counters must leave them at zero (the next launch relies on it)."""
+    from hatac.kernels._common import _COUNTERS
+
+    bufs = [buf for (name, _), buf in _COUNTERS.items() if name == owner]
+    assert bufs, f"{owner} made no counters"
+    assert all(int(buf.abs().sum()) == 0 for buf in bufs), f"{owner} left counters non-zero"
+
+
 # ---------------------------------------------------------------------------------------------- attention
 
 
@@ -247,6 +256,8 @@ def _check_attention(device, b, hkv, g, s, t, d, kk, dtype, seed, tol):
 )
 def test_sparse_attention_interp(case):
     _check_attention("cpu", *case[:-1], seed=2, tol=case[-1])
+    _check_attention("cpu", *case[:-1], seed=3, tol=case[-1])  # again on the counters the first call left
+    _counters_zero("sparse_attention")
 
 
 @pytest.mark.parametrize(
@@ -264,6 +275,9 @@ def test_sparse_attention_interp(case):
 @pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_sparse_attention_gpu(case):
     _check_attention("cuda", *case[:-1], seed=4, tol=case[-1])
+    _check_attention("cuda", *case[:-1], seed=5, tol=case[-1])
+    torch.cuda.synchronize()
+    _counters_zero("sparse_attention")
 
 
 # ---------------------------------------------------------------------------------------------- integration
