@@ -239,6 +239,59 @@ def test_one_pass_equals_token_by_token_under_each_policy(tiny_eval, policy):
     torch.testing.assert_close(full, dense, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("policy", [None, Oracle(), HashPolicy(_tiny_w(), "hatac s1r2", 1, 2), Quest(4)], ids=lambda p: getattr(p, "name", "dense"))
+def test_batched_documents_give_each_document_its_own_loss(tiny_eval, policy):
+    """Perplexity runs equal-length documents as rows of one batch: each row's loss must be what the document
+    gives alone (a selection or cache shared across rows would change it)."""
+    from hatac.evaluation.perplexity import document_nll, documents_nll
+
+    _, em = tiny_eval
+    g = torch.Generator().manual_seed(4)
+    docs = [torch.randint(3, 300, (36,), generator=g).tolist() for _ in range(3)]
+    batched = documents_nll(em, docs, policy, 0.25, 12)
+    alone = [document_nll(em, d, policy, 0.25, 12) for d in docs]
+    assert [n for _, n in batched] == [24, 24, 24]
+    assert len({round(a, 3) for a, _ in alone}) == 3  # distinct documents, so a row mix-up would show
+    for (a, _), (b, _) in zip(batched, alone):
+        assert a == pytest.approx(b, rel=1e-5)
+    with pytest.raises(ValueError, match="equal lengths"):
+        documents_nll(em, [docs[0], docs[1][:-1]], policy, 0.25, 12)
+
+
+def test_passkey_trials_batched_decode_what_each_trial_decodes_alone(tiny_eval, tiny_tok, monkeypatch):
+    """run_depth runs the trials of a depth as rows of one batch over a shared prefilled filler: every
+    trial's logits (dense and each policy/budget) must equal a one-trial-at-a-time run's."""
+    import random
+
+    from hatac.evaluation import passkey
+
+    _, em = tiny_eval
+    seen: dict = {}
+    real = passkey._correct
+
+    def record(logits, prompts):
+        for i, p in enumerate(prompts):
+            seen.setdefault(p.key, []).append(logits[i].clone())
+        return real(logits, prompts)
+
+    monkeypatch.setattr(passkey, "_correct", record)
+    builder = passkey.PasskeyBuilder(tiny_tok)
+    rng = random.Random(0)
+    keys = [passkey.random_key(rng) for _ in range(5)]
+    policies = {"oracle": Oracle(), "hatac": HashPolicy(_tiny_w(), "hatac")}
+    runs = []
+    for rows in (1, 3):
+        seen.clear()
+        out = passkey.run_depth(em, builder, 120, 0.5, keys, policies, [0.25, 8.0], batch_rows=rows)
+        runs.append((out, {k: torch.stack(v) for k, v in seen.items()}))
+    (out1, logits1), (out3, logits3) = runs
+    assert out1 == out3 and set(logits1) == set(keys)
+    assert all(len(v) == 1 + 2 * 2 for v in logits1.values())  # dense + 2 policies x 2 budgets per trial
+    for key in keys:
+        torch.testing.assert_close(logits3[key], logits1[key], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(logits1[keys[0]][0], logits1[keys[1]][0], atol=1e-3)  # trials differ (their keys)
+
+
 def _stdlib_ids(tok, name, n):
     text = (Path(sysconfig.get_paths()["stdlib"]) / name).read_text()
     return tok(text, add_special_tokens=True)["input_ids"][:n]

@@ -67,20 +67,18 @@ def evaluate(
     progress(f"calibration text: {len(samples)} samples, {sum(map(len, samples))} tokens from {calib}")
 
     given = weights_from_files(list(learned_from))
+    from hatac.evaluation.session import EvalModel
+
+    em = EvalModel(model.to(dev), dense_layers=settings.dense_layers)  # one capture for calibration and every metric
     learn = None
     if learned != "off":
-        from hatac.evaluation.session import EvalModel
-
         cache_dir = cache_root() / "eval"
-        state: dict = {}
 
         def learn(r: int):
             if r in given:
                 return given[r]
-            if "em" not in state:  # calibration runs on its own converted copy's observe graph
-                state["em"] = EvalModel(model, dense_layers=settings.dense_layers)
             t0 = time.perf_counter()
-            w, summary = calibrated_weights(state["em"], samples, r, 1 / 32, calib_effort, cache_dir=cache_dir, progress=progress)
+            w, summary = calibrated_weights(em, samples, r, 1 / 32, calib_effort, cache_dir=cache_dir, progress=progress)
             progress(f"learned W r={r}: {'cached' if 'cached' in summary else f'calibrated in {time.perf_counter() - t0:.0f}s'}")
             return w
 
@@ -96,7 +94,7 @@ def evaluate(
                 progress(f"learned W r={r}: not cached, left out (--learned calibrate computes it)")
                 return None
 
-    results = run(model, tokenizer, out_dir, settings, calib_samples=samples, learn_weights=learn, device=dev, console=console)
+    results = run(model, tokenizer, out_dir, settings, calib_samples=samples, learn_weights=learn, device=dev, console=console, em=em)
     report.print_tables(results, console)
     progress(f"wrote {Path(out_dir) / 'results.json'} and {', '.join(results['plots'])} in {results['timings_s']['total']:.0f}s")
     return results

@@ -10,9 +10,10 @@ chunk, teacher-forced: equal to feeding them one at a time). A trial succeeds wh
 at every answer position is the right token, i.e. exactly when greedy decoding would print the number.
 The dense baseline decodes the same tokens with dense attention.
 
-Cost: the filler before the needle is the same for every trial at a (length, depth), so it is prefilled
-once and the cache is cut back to it for each trial; each policy then re-decodes only the question and
-answer over the trial's cache (the slots it writes are cut back too).
+Cost: the trials at one (length, depth) share the filler before the needle and, when their keys
+tokenize to the same lengths, run as the rows of one batch: the haystack is prefilled once for the
+batch, and each policy and budget re-decodes only the question and answer over it (the cache is cut back
+to the haystack each time). On a GPU a batch costs about what one trial does.
 """
 
 from __future__ import annotations
@@ -74,11 +75,11 @@ def random_key(rng: random.Random) -> str:
     return str(rng.randint(10_000, 99_999))
 
 
-def _correct(logits: torch.Tensor, prompt: PasskeyPrompt) -> bool:
-    """logits (1, Q, V) over the query chunk: row i predicts query token i + 1."""
-    n = prompt.n_answer
-    pred = logits[0, -n - 1 : -1].argmax(-1).cpu()
-    return bool(torch.equal(pred, torch.tensor(prompt.query[-n:])))
+def _correct(logits: torch.Tensor, prompts: list[PasskeyPrompt]) -> list[bool]:
+    """logits (B, Q, V) over the query chunks, one row a prompt: row i predicts query token i + 1."""
+    n = prompts[0].n_answer
+    pred = logits[:, -n - 1 : -1].argmax(-1).cpu()
+    return [bool(torch.equal(pred[i], torch.tensor(p.query[-n:]))) for i, p in enumerate(prompts)]
 
 
 @torch.no_grad()
@@ -91,25 +92,41 @@ def run_depth(
     policies: dict[str, Policy],
     budgets: list[float],
     on_trial: Callable[[], None] | None = None,
+    batch_rows: int = 1,
 ) -> dict:
-    """Trials at one (length, depth): {"dense": [bool per trial], policy: {budget: [bool per trial]}}."""
+    """Trials at one (length, depth): {"dense": [bool per trial], policy: {budget: [bool per trial]}}.
+
+    Trials whose needle and question have equal token lengths run as the rows of one batch (at most
+    ``batch_rows``); each row computes what it would alone."""
     prompts = [builder.prompt(length, depth, k) for k in keys]
     prefix = prompts[0].prefix
-    cap = max(p.context_tokens + len(p.query) for p in prompts)
-    cache = em.new_cache(capacity=cap)
-    em.dense(cache, torch.tensor([prefix]), logits_from=len(prefix) - 1)
-    out: dict = {"dense": [], **{name: {b: [] for b in budgets} for name in policies}}
-    for p in prompts:
+    out: dict = {"dense": [None] * len(prompts), **{name: {b: [None] * len(prompts) for b in budgets} for name in policies}}
+    groups: dict = {}
+    for i, p in enumerate(prompts):
         assert p.prefix == prefix
-        em.truncate(cache, len(prefix))
-        em.dense(cache, torch.tensor([p.rest]), logits_from=len(p.rest) - 1)
-        ctx = p.context_tokens
-        query = torch.tensor([p.query])
-        out["dense"].append(_correct(em.dense(cache, query), p))
-        for name, policy in policies.items():
-            for b in budgets:
-                em.truncate(cache, ctx)
-                out[name][b].append(_correct(em.sparse(cache, query, policy, b), p))
-        if on_trial:
-            on_trial()
+        groups.setdefault((len(p.rest), len(p.query), p.n_answer), []).append(i)
+    cap = max(p.context_tokens + len(p.query) for p in prompts)
+    caches: dict = {}
+    for idx in groups.values():
+        for c in range(0, len(idx), max(1, batch_rows)):
+            rows = idx[c : c + max(1, batch_rows)]
+            ps = [prompts[i] for i in rows]
+            ctx = ps[0].context_tokens
+            if len(ps) not in caches:  # the shared filler, prefilled once per batch size
+                caches[len(ps)] = em.new_cache(capacity=cap)
+                em.dense(caches[len(ps)], torch.tensor([prefix] * len(ps)), logits_from=len(prefix) - 1)
+            cache = caches[len(ps)]
+            em.truncate(cache, len(prefix))
+            em.dense(cache, torch.tensor([p.rest for p in ps]), logits_from=len(ps[0].rest) - 1)
+            query = torch.tensor([p.query for p in ps])
+            for i, ok in zip(rows, _correct(em.dense(cache, query), ps)):
+                out["dense"][i] = ok
+            for name, policy in policies.items():
+                for b in budgets:
+                    em.truncate(cache, ctx)
+                    for i, ok in zip(rows, _correct(em.sparse(cache, query, policy, b), ps)):
+                        out[name][b][i] = ok
+            if on_trial:
+                for _ in rows:
+                    on_trial()
     return out

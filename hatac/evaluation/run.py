@@ -23,7 +23,7 @@ from hatac.evaluation.budgets import COUNTS, FRACTIONS, label
 from hatac.evaluation.learned import LearnWeights
 from hatac.evaluation.loki import fit_pca
 from hatac.evaluation.passkey import PasskeyBuilder, random_key, run_depth
-from hatac.evaluation.perplexity import document_nll
+from hatac.evaluation.perplexity import documents_nll
 from hatac.evaluation.policies import HashPolicy, Loki, Oracle, Policy, Quest, StreamingLLM
 from hatac.evaluation.recall import layer_recall, query_positions
 from hatac.evaluation.session import EvalModel
@@ -59,6 +59,9 @@ class EvalSettings:
     # --recent, counted inside the budget), e.g. ((4, 4),) adds "hatac-learned s4r4". Empty: none.
     hatac_forced: tuple[tuple[int, int], ...] = ()
     calib_tokens: int = 8192  # calibration tokens for Loki's PCA
+    # Equal-length documents (perplexity) and passkey trials of one depth run as rows of one batch, at
+    # most this many; 0: auto (16 on a GPU, where a batch costs about what one row does; 1 on a CPU).
+    batch_rows: int = 0
     seed: int = 0
     metrics: tuple[str, ...] = ("recall", "perplexity", "passkey")
 
@@ -174,12 +177,15 @@ def run(
     device: str | torch.device | None = None,
     show_progress: bool = True,
     console=None,
+    em: EvalModel | None = None,
 ) -> dict:
     """Evaluate every method on ``model``; write ``results.json`` and plots to ``out_dir``; return the results.
 
     ``calib_samples``: calibration token lists (Loki's PCA; never evaluation text). ``learn_weights(r)``
     returns hatac's learned ``{layer: W}`` at r bits (None: learned hashing is left out).
-    ``documents``: perplexity/recall documents (default: ``hatac.texts.eval_documents``).
+    ``documents``: perplexity/recall documents (default: ``hatac.texts.eval_documents``). ``em``: an
+    :class:`EvalModel` of ``model`` to reuse (its capture is most of the setup time). ``results.json`` is
+    written after each metric (``"partial": true`` until the end), so a stopped run keeps what it finished.
     """
     s = settings or EvalSettings.default()
     out = Path(out_dir)
@@ -198,7 +204,10 @@ def run(
     for d in documents:
         if len(d) <= s.loss_from:
             raise HatacError(f"document {d.name} has {len(d)} tokens, not more than loss_from={s.loss_from}")
-    em = EvalModel(model, dense_layers=s.dense_layers)
+    if em is None:
+        em = EvalModel(model, dense_layers=s.dense_layers)
+    elif em.model is not model or em.config.dense_layers != s.dense_layers:
+        raise HatacError(f"the EvalModel given wraps another model or keeps {em.config.dense_layers} dense layers, not {s.dense_layers}")
     timings["setup"] = time.perf_counter() - t0
 
     budgets = s.budgets
@@ -236,14 +245,25 @@ def run(
             "learned_rbits": sorted(learned),
         }
 
+
+        def checkpoint():
+            report.write_json({**results, "timings_s": {k: round(v, 1) for k, v in timings.items()}, "partial": True}, out / "results.json")
+
         if "recall" in s.metrics:
             t0 = time.perf_counter()
             results["recall"], results["attention_mass"], results["recall_per_layer"] = _recall(em, s, documents, policies, hashes, prog)
             timings["recall"] = time.perf_counter() - t0
+            checkpoint()
         if "perplexity" in s.metrics:
             t0 = time.perf_counter()
-            results["perplexity"] = _perplexity(em, s, documents, policies, prog)
+
+            def on_batch(partial):
+                results["perplexity"] = partial
+                checkpoint()
+
+            results["perplexity"] = _perplexity(em, s, documents, policies, prog, on_batch)
             timings["perplexity"] = time.perf_counter() - t0
+            checkpoint()
         if "passkey" in s.metrics:
             t0 = time.perf_counter()
             results["passkey"] = _passkey(em, s, tokenizer, policies, prog)
@@ -304,27 +324,60 @@ def _recall(em, s, documents, policies, hashes, prog):
     return rec_out, mass_out, layers_out
 
 
-def _perplexity(em, s, documents, policies, prog):
-    res: dict = {}
+def _batches(items: list, key, size: int) -> list[list]:
+    """``items`` in groups of at most ``size`` with equal ``key`` (rows of one batch), in first-seen order."""
+    groups: dict = {}
+    for it in items:
+        groups.setdefault(key(it), []).append(it)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def _perplexity(em, s, documents, policies, prog, on_batch=None):
+    """Perplexity over all documents (tokens pooled), per method and budget; per document too.
+
+    Documents of equal length run as the rows of one batch (``batch_rows``). ``on_batch(partial)`` is
+    called after each batch of documents with the results so far (a stopped run keeps them)."""
     nll, tok = {}, {}
     per_doc: dict = {}
-    for d in documents:
-        a, n = document_nll(em, d.ids, None, 0, s.loss_from)
-        nll[("dense", None)] = nll.get(("dense", None), 0.0) + a
-        tok[("dense", None)] = tok.get(("dense", None), 0) + n
-        per_doc.setdefault(("dense", None), []).append(round(math.exp(a / n), 3))
-        prog.step(f"perplexity: {d.name} dense")
+
+    def add(key, res, names):
+        for (a, n), name in zip(res, names):
+            nll[key] = nll.get(key, 0.0) + a
+            tok[key] = tok.get(key, 0) + n
+            per_doc.setdefault(key, {})[name] = round(math.exp(a / n), 3)
+
+    def collect():
+        order = [d.name for d in documents]
+        res: dict = {}
+        if ("dense", None) in nll:
+            res["dense"] = {"ppl": round(math.exp(nll[("dense", None)] / tok[("dense", None)]), 4), "tokens": tok[("dense", None)],
+                            "per_doc": [per_doc[("dense", None)][n] for n in order if n in per_doc[("dense", None)]]}  # fmt: skip
+        for name in policies:
+            res[name] = {label(b): {"ppl": round(math.exp(nll[(name, b)] / tok[(name, b)]), 4),
+                                    "per_doc": [per_doc[(name, b)][n] for n in order if n in per_doc[(name, b)]]}
+                         for b in s.budgets if (name, b) in nll}  # fmt: skip
+        return res
+
+    for batch in _batches(documents, len, _batch_rows(s, em)):
+        ids, names = [d.ids for d in batch], [d.name for d in batch]
+        what = ", ".join(names)
+        add(("dense", None), documents_nll(em, ids, None, 0, s.loss_from), names)
+        prog.step(f"perplexity: {what} dense", len(batch))
         for name, policy in policies.items():
             for b in s.budgets:
-                a, n = document_nll(em, d.ids, policy, b, s.loss_from)
-                nll[(name, b)] = nll.get((name, b), 0.0) + a
-                tok[(name, b)] = tok.get((name, b), 0) + n
-                per_doc.setdefault((name, b), []).append(round(math.exp(a / n), 3))
-                prog.step(f"perplexity: {d.name} {name} {label(b)}")
-    res["dense"] = {"ppl": round(math.exp(nll[("dense", None)] / tok[("dense", None)]), 4), "per_doc": per_doc[("dense", None)], "tokens": tok[("dense", None)]}
-    for name in policies:
-        res[name] = {label(b): {"ppl": round(math.exp(nll[(name, b)] / tok[(name, b)]), 4), "per_doc": per_doc[(name, b)]} for b in s.budgets}
-    return res
+                add((name, b), documents_nll(em, ids, policy, b, s.loss_from), names)
+                prog.step(f"perplexity: {what} {name} {label(b)}", len(batch))
+        if on_batch is not None:
+            on_batch(collect())
+    return collect()
+
+
+def _batch_rows(s, em) -> int:
+    """Rows of one batch (equal-length documents, passkey trials of one depth): ``s.batch_rows``, or auto:
+    16 on a GPU (launch-bound: a batch costs about what one row does), 1 on a CPU (compute-bound)."""
+    if s.batch_rows > 0:
+        return s.batch_rows
+    return 16 if em.device.type == "cuda" else 1
 
 
 def _passkey(em, s, tokenizer, policies, prog):
@@ -333,7 +386,8 @@ def _passkey(em, s, tokenizer, policies, prog):
     for depth in s.passkey_depths:
         rng = random.Random(f"{s.seed}-{depth}")
         keys = [random_key(rng) for _ in range(s.passkey_trials)]
-        by_depth[depth] = run_depth(em, builder, s.passkey_length, depth, keys, policies, s.budgets, on_trial=lambda: prog.step(f"passkey: depth {depth}"))
+        by_depth[depth] = run_depth(em, builder, s.passkey_length, depth, keys, policies, s.budgets, on_trial=lambda: prog.step(f"passkey: depth {depth}"),
+                                   batch_rows=_batch_rows(s, em))
     dense_ok = [ok for depth in s.passkey_depths for ok in by_depth[depth]["dense"]]
     res: dict = {"dense": {"acc": sum(dense_ok) / len(dense_ok), "trials": len(dense_ok),
                            "by_depth": {str(dp): sum(by_depth[dp]["dense"]) / s.passkey_trials for dp in s.passkey_depths}}}  # fmt: skip
