@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="per-kernel times only, no sweep")
     ap.add_argument("--only", type=int, nargs="*", help="indices into SHAPES")
     ap.add_argument("--select-only", action="store_true", help="sweep the select launches only")
+    ap.add_argument("--score-only", action="store_true", help="sweep the scoring launch only")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,17 +109,18 @@ def main() -> None:
         if not args.quick and not args.select_only:
             entry["score"] = _sweep(
                 SEL.CONFIG,
-                {"score_block_t": [256, 512], "score_warps": [1, 2, 4], "programs": [2048, 4096], "max_splits": [64]},
+                {"score_block_t": [256, 512], "score_warps": [2, 4], "programs": [1024, 2048, 4096], "max_splits": [64],
+                 "score_prefetch": [True, False]},
                 lambda: SEL.score_keys(qc, codes, pos),
             )
-        if not args.quick:
+        if not args.quick and not args.score_only:
             entry["select"] = _sweep(
                 SEL.CONFIG,
                 {"select_block_t": [256, 512, 1024], "select_warps": [1, 2, 4], "select_programs": [2048, 4096],
                  "select_max_splits": [64]},
                 lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
             )
-        if not args.quick and not args.select_only:
+        if not args.quick and not args.select_only and not args.score_only:
             entry["attention"] = _sweep(
                 ATT.CONFIG,
                 {"block_n": [32, 64], "warps": [4], "stages": [1, 2], "programs": [528, 1056]},

@@ -31,7 +31,8 @@ from hatac.kernels._common import budget_args, hw_flag, next_pow2, popcount, sel
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
 # Launch geometry (GPU); examples/tune_kernels.py sweeps these.
 CONFIG = {
-    "score_block_t": 256, "score_warps": 4, "programs": 2048, "max_splits": 64,  # launch 1
+    "score_block_t": 512, "score_warps": 4, "programs": 2048, "max_splits": 64,  # launch 1
+    "score_prefetch": True,  # load the next block of codes before scoring this one
     # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
@@ -56,7 +57,7 @@ def _score_kernel(
     spb, sps,
     G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
     L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
-    SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr,
+    SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -95,15 +96,20 @@ def _score_kernel(
     key_base = keys_ptr + row.to(tl.int64) * T
     first = (start - c0) // BLOCK_T
     last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    # Codes are (T, NW) contiguous: a token's words are one vector load; one thread owns a token. With
+    # PREFETCH the next block's codes are loaded before this block is scored, so a program's loads overlap.
+    wmask = w[None, :] < NW
+    t = c0 + first * BLOCK_T + tl.arange(0, BLOCK_T)
+    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
     for i in range(first, last):
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
         inr = (t >= start) & (t < end)
-        if NWP == NW:
-            kmask = inr[:, None]
+        if PREFETCH:
+            kw = kw_next
+            tn = t + BLOCK_T
+            kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + w[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0)
         else:
-            kmask = inr[:, None] & (w[None, :] < NW)
-        # Codes are (T, NW) contiguous: a token's words are one vector load; one thread owns a token.
-        kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=kmask, other=0)
+            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=inr[:, None] & wmask, other=0)
         score = tl.zeros((BLOCK_T,), dtype=tl.int32) + base
         for j in tl.static_range(L - J0):
             pj = tl.sum(tl.where(jv[None, :] == J0 + j, p_pl, 0), axis=1)  # loop-invariant
@@ -289,7 +295,8 @@ def score_keys(
         s, hkv, t, chunk, n_splits, window, sink, recent,
         *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
         G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"],
-        SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), num_warps=CONFIG["score_warps"],
+        SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
+        num_warps=CONFIG["score_warps"],
     )
     return keys, hist1, p, n_splits, chunk
 
