@@ -36,6 +36,8 @@ CONFIG = {
     # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
+    # one program a row for all three passes (_row_select_kernel) from this many rows up (None: never)
+    "row_mode_min_rows": None, "row_block_t": 2048, "row_warps": 8,
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 
@@ -49,7 +51,8 @@ def _row_coords(row, S, Hkv):
 
 
 @triton.jit
-def _score_kernel(
+def _score_pass(
+    row, split,
     qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr,
     S, Hkv, T, CHUNK, n_splits, window, sink, recent,
     sqb, sqh, sqs, sqw,
@@ -59,8 +62,6 @@ def _score_kernel(
     L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
     SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     hi = pos + 1
@@ -128,15 +129,14 @@ def _score_kernel(
 
 
 @triton.jit
-def _fine_kernel(
+def _fine_pass(
+    row, split,
     qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, n_splits1,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
     NSP1: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
@@ -174,15 +174,14 @@ def _fine_kernel(
 
 
 @triton.jit
-def _write_kernel(
+def _write_pass(
+    row, split,
     qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
@@ -247,6 +246,67 @@ def _write_kernel(
         for p0 in range(0, K, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             tl.store(out_base + p, tl.full((BLOCK_P,), -1, tl.int32), mask=(p >= n_sel) & (p < K))
+
+
+@triton.jit
+def _score_kernel(
+    qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr,
+    S, Hkv, T, CHUNK, n_splits, window, sink, recent,
+    sqb, sqh, sqs, sqw,
+    skb, skh,
+    spb, sps,
+    G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
+    L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
+    SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
+):
+    _score_pass(tl.program_id(0), tl.program_id(1), qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr, S, Hkv, T, CHUNK, n_splits, window, sink, recent, sqb, sqh, sqs, sqw, skb, skh, spb, sps, G, NW, GP, NWP, L, LP, J0, SHIFT, NCB, BLOCK_T, HW_POPC, PREFETCH)
+
+
+@triton.jit
+def _fine_kernel(
+    qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, n_splits1,
+    S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
+    spb, sps,
+    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
+    NSP1: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    _fine_pass(tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, n_splits1, S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NCB, NFB, NSP1, BLOCK_T)
+
+
+@triton.jit
+def _write_kernel(
+    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr,
+    S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
+    spb, sps,
+    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr,
+):
+    _write_pass(tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, BLOCK_P, HW_POPC)
+
+
+@triton.jit
+def _row_select_kernel(
+    qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr,
+    S, Hkv, T, K, window, sink, recent, want_fixed, budget_bits,
+    sqb, sqh, sqs, sqw,
+    skb, skh,
+    spb, sps,
+    G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
+    L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr, IS_FRAC: tl.constexpr,
+    SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+    HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
+):
+    """All three passes for one whole row in one program (one split): no grid-wide dependency, so one
+    launch and no barrier but the program's own. Pays when there are enough rows to fill the GPU."""
+    row = tl.program_id(0)
+    _score_pass(row, 0, qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist1_ptr, S, Hkv, T, T, 1, window, sink, recent,
+                sqb, sqh, sqs, sqw, skb, skh, spb, sps, G, NW, GP, NWP, L, LP, J0, SHIFT, NCB, BLOCK_T, HW_POPC, PREFETCH)  # fmt: skip
+    tl.debug_barrier()  # the program's own key and histogram stores are visible to all its threads
+    _fine_pass(row, 0, qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, 1, S, Hkv, T, K, T, 1, window,
+               sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NCB, NFB, 2, BLOCK_T)  # fmt: skip
+    tl.debug_barrier()
+    _write_pass(row, 0, qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, S, Hkv, T, K, T, 1, window, sink,
+                recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NFB, 2, BLOCK_T, BLOCK_P, HW_POPC)  # fmt: skip
 
 
 def plan(g: int, rbits: int) -> dict:
@@ -328,6 +388,9 @@ def hamming_topk(
     if t == 0:
         return out.fill_(-1)
     n_rows = b * hkv * s
+    min_rows = CONFIG["row_mode_min_rows"]
+    if hw_flag(q_codes) and min_rows is not None and n_rows >= min_rows:
+        return _row_select(q_codes, k_codes, q_pos, k, budget, sink, recent, window, out)
     keys, hist1, p, n_splits1, _ = score_keys(q_codes, k_codes, q_pos, sink, recent, window)
     block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else 128
     n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
@@ -349,5 +412,33 @@ def hamming_topk(
         q_pos, keys, hist2, less, cb, out, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
         num_warps=warps,
+    )
+    return out
+
+
+def _row_select(q_codes, k_codes, q_pos, k, budget, sink, recent, window, out, block_t: int | None = None):
+    """The one-launch form: a program per row runs the three passes over the whole row."""
+    b, hq, s, nw = q_codes.shape
+    hkv, t = k_codes.shape[1], k_codes.shape[2]
+    if k_codes.stride(3) != 1 or k_codes.stride(2) != nw:
+        k_codes = k_codes.contiguous()
+    g = hq // hkv
+    p = plan(g, nw * 32)
+    n_rows = b * hkv * s
+    dev = q_codes.device
+    keys = torch.empty((n_rows, t), dtype=p["key_dtype"], device=dev)
+    hist1 = torch.empty((n_rows, 1, p["NCB"]), dtype=torch.int32, device=dev)
+    hist2 = torch.empty((n_rows, 1, p["NFB"]), dtype=torch.int32, device=dev)
+    less = torch.empty((n_rows, 1), dtype=torch.int32, device=dev)
+    cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
+    is_frac, want_fixed, budget_bits = budget_args(budget)
+    block_t = block_t or (CONFIG["row_block_t"] if hw_flag(q_codes) else 64)
+    _row_select_kernel[(n_rows,)](
+        q_codes, k_codes, q_pos, keys, hist1, hist2, less, cb, out,
+        s, hkv, t, k, window, sink, recent, want_fixed, budget_bits,
+        *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
+        G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"], IS_FRAC=is_frac,
+        SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
+        PREFETCH=CONFIG["score_prefetch"], num_warps=CONFIG["row_warps"],
     )
     return out
