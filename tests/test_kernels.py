@@ -275,7 +275,7 @@ def _check_attention(device, b, hkv, g, s, t, d, kk, dtype, seed, tol):
         (2, 2, 2, 1, 50, 32, 20, torch.float32, 1e-5),
         (1, 2, 4, 2, 40, 64, 33, torch.bfloat16, 1e-2),
         (1, 1, 3, 2, 30, 48, 8, torch.float16, 1e-3),
-        (1, 1, 8, 1, 400, 128, 300, torch.float32, 1e-5),  # 10 pieces merged 4 at a time: 3 merge rounds
+        (1, 1, 8, 1, 400, 128, 300, torch.float32, 1e-5),  # 10 pieces of one row to merge
     ],
 )
 def test_sparse_attention_interp(case):
