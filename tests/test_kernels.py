@@ -192,7 +192,7 @@ def test_hamming_topk_row_mode_interp(case):
     qc, kc = _codes((b, hkv * g, s, nw), "cpu", gen, 4), _codes((b, hkv, t, nw), "cpu", gen, 4)
     pos = (torch.randint(0, t, (b, 1), generator=gen) - torch.arange(s).flip(0)).clamp_min(0)
     out = torch.full((b, hkv, s, k), POISON, dtype=torch.int32)
-    sel._row_select(qc, kc, pos, k, budget, sink, recent, window, out, block_t=32)
+    sel._row_select(qc, kc, pos, k, budget, sink, recent, window, out, block_t=32, block_w=64)
     assert torch.equal(out, ref.hamming_topk(qc, kc, pos, k, budget, sink, recent, window))
 
 
