@@ -82,6 +82,7 @@ def select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FR
 
 
 _COUNTERS: dict[tuple[str, torch.device], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # outgrown buffers, never freed
 
 
 def self_reset_counters(owner: str, device: torch.device, n: int) -> torch.Tensor | None:
@@ -95,6 +96,8 @@ def self_reset_counters(owner: str, device: torch.device, n: int) -> torch.Tenso
     if buf is None or buf.numel() < n:
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             return None
+        if buf is not None:  # a captured CUDA graph may still point at it: keep it alive
+            _RETIRED.append(buf)
         buf = torch.zeros(max(4096, 2 * n), dtype=torch.int32, device=device)
         _COUNTERS[key] = buf
     return buf

@@ -268,6 +268,18 @@ def _check_attention(device, b, hkv, g, s, t, d, kk, dtype, seed, tol):
         assert (got[0, :g, 0] == 0).all()
 
 
+def test_self_reset_counters_grow_and_keep_old_buffers():
+    """Outgrown counter buffers stay alive (a captured CUDA graph may still point at them), and a grown buffer
+    starts at zero."""
+    common = K["_common"]
+    first = common.self_reset_counters("test-owner", "cpu", 10)
+    assert first is not None and first.numel() >= 10 and int(first.abs().sum()) == 0
+    assert common.self_reset_counters("test-owner", "cpu", 5) is first  # big enough: reused
+    grown = common.self_reset_counters("test-owner", "cpu", first.numel() + 1)
+    assert grown is not first and grown.numel() > first.numel() and int(grown.abs().sum()) == 0
+    assert any(t is first for t in common._RETIRED)
+
+
 @interp
 @pytest.mark.parametrize(
     "case",
