@@ -67,10 +67,11 @@ class EvalModel:
         cache.lengths = torch.full_like(cache.lengths, length)
 
     # -- runs --------------------------------------------------------------------------------------------
-    def _keep(self, s: int, logits_from: int | None) -> torch.Tensor | int:
+    def _keep(self, s: int, logits_from: int | None) -> int:
+        """logits_to_keep as a count of last rows (0: all), the form chunked prefill (long or batched) takes."""
         if logits_from is None:
             return 0
-        return torch.arange(logits_from, s, device=self.device)
+        return s - logits_from
 
     @torch.no_grad()
     def dense(self, cache: HataCache, ids: torch.Tensor, logits_from: int | None = None) -> torch.Tensor:
