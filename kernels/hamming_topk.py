@@ -1,4 +1,4 @@
-"""Exact Hamming top-k selection as a counting (threshold) select, split over the cache in three launches.
+"""Exact Hamming top-k selection as a counting (threshold) select: three passes over the key codes.
 
 Scores are small integers (sum over the G query heads of an r-bit Hamming distance, at most G*r), so the
 k-th smallest is found by counting rather than sorting. Every token's rank key is ``0`` when forced (sink
@@ -12,6 +12,12 @@ or recent), else ``score + 1``; the k smallest keys win, ties to the lower slot 
    are kept, then writes the winners in slot order at offsets given by the earlier splits' counts, and
    pads with -1. Output is sorted ascending by construction, with no sort. Winners are packed into 32-bit
    words and placed by prefix sums over words (a per-slot scan cost twice as much on H100).
+
+Each pass body is a jit helper (``_score_pass``, ``_fine_pass``, ``_write_pass``) taking its (row, split).
+The three kernels run them over rows x splits, one launch each, the launch boundary being the barrier
+each pass needs. ``_row_select_kernel`` runs all three for a whole row in one program (one split, so no
+grid-wide dependency: one launch), for when there are enough rows to fill the GPU
+(``CONFIG["row_mode_min_rows"]``; off until timed on a GPU).
 
 Scoring uses bit planes rather than G popcounts a word: with c the number of the G query heads whose bit is
 set, the summed distance at a bit is ``k ? G - c : c``. Written in binary, plane j of that is
