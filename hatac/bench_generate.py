@@ -190,6 +190,60 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
     result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps, "rows": rows}
     (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out / "bench_generate.png")
+    say("\n" + table(rows))
+    return result
+
+
+def table(rows: list[dict]) -> str:
+    """One line per (batch, context): dense step, each hatac variant's step and speedup over dense."""
+    variants = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "dense"]
+    head = f"{'batch':>5} {'context':>7} {'dense ms':>9}" + "".join(f" {v + ' ms':>16} {'x':>6}" for v in variants)
+    lines = [head, "-" * len(head)]
+    for batch, ctx in sorted({(r["batch"], r["context"]) for r in rows}):
+        at = {r["variant"]: r for r in rows if r["batch"] == batch and r["context"] == ctx}
+        dense = at.get("dense")
+        line = f"{batch:>5} {ctx:>7} " + (f"{dense['step_ms']:>9.3f}" if dense else f"{'-':>9}")
+        for v in variants:
+            r = at.get(v)
+            line += f" {r['step_ms']:>16.3f} {r['speedup']:>5.2f}x" if r else f" {'-':>16} {'-':>6}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def merge(paths: list[str | Path], out_dir: str | Path, say=print) -> dict:
+    """Join the rows of several runs' bench_generate.json (one sweep split over several calls, e.g. one per
+    batch size to stay under a time limit) into one JSON, table and plot. The runs must come from the same
+    device, layer count and compile setting, and no (variant, batch, context) may appear twice."""
+    from hatac.errors import HatacError
+
+    runs = []
+    for p in paths:
+        f = Path(p) / "bench_generate.json" if Path(p).is_dir() else Path(p)
+        if not f.is_file():
+            raise HatacError(f"no bench_generate.json at {p}")
+        runs.append((f, json.loads(f.read_text())))
+    keys = ("device", "layers", "compile")
+    for f, run in runs:
+        if run.get("partial"):
+            raise HatacError(f"{f} is a partial run (it stopped before the end); rerun it or leave it out")
+        for k in keys:
+            if run.get(k) != runs[0][1].get(k):
+                raise HatacError(f"{f}: {k} is {run.get(k)!r}, {runs[0][0]} has {runs[0][1].get(k)!r}: runs to merge must match")
+    rows, seen = [], {}
+    for f, run in runs:
+        for r in run["rows"]:
+            key = (r["variant"], r["batch"], r["context"])
+            if key in seen:
+                raise HatacError(f"{key} is in both {seen[key]} and {f}")
+            seen[key] = f
+            rows.append(dict(r, source=str(f)))
+    first = runs[0][1]
+    result = {**{k: first.get(k) for k in keys}, "merged_from": [str(f) for f, _ in runs], "rows": rows}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
+    _plot(rows, out / "bench_generate.png")
+    say(table(rows))
     return result
 
 

@@ -344,10 +344,16 @@ def bench_generate(
     layers: int = typer.Option(32, help="Decoder layers of the Llama-3-8B-shaped model."),
     compile: bool = typer.Option(True, help="torch.compile the decode step before CUDA-graph capture."),
     profile: bool = typer.Option(False, help="Also print each point's GPU time per kernel of one step (torch profiler)."),
+    merge: List[Path] = typer.Option([], "--merge", help="Measure nothing: join these runs' bench_generate.json into -o (repeat the flag)."),
 ):
     """Decode tokens/s of a Llama-3-8B-shaped model with random weights: hatac against dense, one run."""
 
     def run():
+        if merge:
+            from hatac.bench_generate import merge as join
+
+            join(merge, output, say=print)
+            return
         _need_cuda()
         from hatac.bench_generate import run as bench
 
