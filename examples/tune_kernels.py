@@ -122,7 +122,7 @@ def main() -> None:
             )
             entry["select_row_mode"] = _sweep(  # one program a row, one launch
                 SEL.CONFIG,
-                {"row_mode_min_rows": [1], "row_block_t": [1024, 2048], "row_block_w": [2048, 8192], "row_warps": [4, 8, 16]},
+                {"row_mode_min_rows": [1], "row_block_t": [1024, 2048], "row_block_w": [2048, 4096], "row_warps": [8, 16]},
                 lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
             )
         if not args.quick and not args.select_only and not args.score_only:

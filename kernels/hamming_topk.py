@@ -43,7 +43,7 @@ CONFIG = {
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
     # one program a row for all three passes (_row_select_kernel) from this many rows up (None: never)
-    "row_mode_min_rows": None, "row_block_t": 2048, "row_block_w": 8192, "row_warps": 8,
+    "row_mode_min_rows": None, "row_block_t": 2048, "row_block_w": 4096, "row_warps": 16,
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 
