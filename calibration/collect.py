@@ -62,6 +62,9 @@ class PairBatch:
     k: torch.Tensor
     pos: torch.Tensor
     label_frac: float = 0.1
+    # Label each query head by its KV group's summed q.k (the score the selection and the recall oracle
+    # rank by) instead of by its own q.k (the paper's labels). See TrainConfig.group_labels.
+    group_labels: bool = False
     _labels: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -88,10 +91,22 @@ class PairBatch:
         return torch.matmul(qg, self.k.transpose(-1, -2)).reshape(p, hq, n, length)
 
     def labels(self) -> torch.Tensor:
-        """(P, Hq, n, L) HATA labels (see labels.py), computed on first use and cached."""
+        """(P, Hq, n, L) HATA labels (see labels.py), computed on first use and cached. With
+        ``group_labels`` every query head of a KV group gets the labels of the group's summed q.k."""
         if self._labels is None:
-            self._labels = hata_labels(self.exact_scores(), self.valid.unsqueeze(1), self.label_frac)
+            scores = self.exact_scores()
+            if self.group_labels:
+                p, hq, n, length = scores.shape
+                hkv = self.k.shape[1]
+                grouped = scores.reshape(p, hkv, hq // hkv, n, length).sum(2, keepdim=True)
+                scores = grouped.expand(p, hkv, hq // hkv, n, length).reshape(p, hq, n, length)
+            self._labels = hata_labels(scores, self.valid.unsqueeze(1), self.label_frac)
         return self._labels
+
+    def set_group_labels(self, on: bool) -> None:
+        """Switch the label rule (drops cached labels when it changes)."""
+        if on != self.group_labels:
+            self.group_labels, self._labels = on, None
 
     @property
     def pairs(self) -> int:

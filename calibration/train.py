@@ -32,6 +32,12 @@ paper's 2.0 stays.
 
 (Real-model numbers: ``python examples/calibration_recall.py``.)
 
+``group_labels`` (off): label every query head by its KV group's summed q.k, the score the selection and
+the recall oracle rank by, instead of by its own q.k. Screened on SmolLM2 r 128, full effort, layers
+2/11/20/29, two 4,096-token evaluation documents (``python -m hatac.evaluation.screen``, docs/ACCURACY.md):
+recall@1/32 0.462 either way (random 0.394). Likely why: the 3 query heads of a group largely agree on
+their top keys, and the heaviest labels (20 down) sit on the keys they share.
+
 Why it is off by default anyway: those held-out numbers use other positions of the calibration prompts.
 On evaluation text (docs/ACCURACY.md, ``hatac eval``, SmolLM2, r 128) the rescaled W *lost* to random W
 (recall@1/32 0.388 vs 0.416, attention mass 0.637 vs 0.726), while the paper's raw-q/k loss wins on both
@@ -81,6 +87,8 @@ class TrainConfig:
     max_batch_pairs: int = 1 << 24  # pair entries per padded mini-batch (bounds memory, see collect.py)
     sink: int = 0
     recent: int = 0
+    # Label query heads by their KV group's summed q.k (what selection and recall rank by), not their own.
+    group_labels: bool = False
 
     @classmethod
     def paper(cls, **kw) -> "TrainConfig":
@@ -205,6 +213,8 @@ def train_layer(
         with torch.no_grad():
             return recall_at_k(w.detach(), val_batches, budget, cfg.sink, cfg.recent, oracles)
 
+    for b in train_batches:
+        b.set_group_labels(cfg.group_labels)
     w = w_init.detach().to(device=device, dtype=torch.float32).clone()
     if cfg.normalize:
         # Unit columns: the same hash as w_init (sign ignores scale), but starting where the decorrelation

@@ -53,6 +53,31 @@ def test_labels_broadcast_causal_mask():
     assert lab[0, 2, 11] == 20 and lab[0, 2, 10] == 1 and (lab[0, 2, :10] == -1).all()
 
 
+
+def test_group_labels_rank_every_head_of_a_group_by_the_summed_score():
+    """TrainConfig.group_labels: each query head is labelled by its KV group's summed q.k (what selection
+    and recall rank by), not its own; switching back restores the paper's per-head labels."""
+    from hatac.calibration.train import train_layer
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 6, 5, 8, generator=g), torch.randn(2, 2, 30, 8, generator=g)  # Hq 6 = 2 groups of 3
+    pos = torch.tensor([[9, 14, 19, 24, 29], [5, 10, 15, 20, -1]])
+    b = PairBatch(q=q, k=k, pos=pos)
+    per_head = b.labels().clone()
+    torch.testing.assert_close(per_head, hata_labels(b.exact_scores(), b.valid.unsqueeze(1)))
+    b.set_group_labels(True)
+    grouped = hata_labels(b.exact_scores().reshape(2, 2, 3, 5, 30).sum(2), b.valid.unsqueeze(1))  # (P, Hkv, n, L)
+    lab = b.labels()
+    for h in range(6):
+        assert torch.equal(lab[:, h], grouped[:, h // 3])
+    assert not torch.equal(lab, per_head)
+    b.set_group_labels(False)
+    assert torch.equal(b.labels(), per_head)
+    batches = _small_collector().batches(0, "train", 1 << 24, "cpu")
+    train_layer(batches, [], random_weights([0], 2, 32, 32)[0], 0.1, TrainConfig(max_steps=2, eval_every=1, group_labels=True))
+    assert all(bt.group_labels for bt in batches)
+
+
 # ------------------------------------------------------------------------------------------ collector
 def _qk(hq, hkv, s, d, seed):
     g = torch.Generator().manual_seed(seed)

@@ -351,3 +351,27 @@ def test_cli_refuses_bad_settings_in_one_line(args, message, llama_dir, tmp_path
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], res.output
+
+
+def test_screen_trains_variants_on_chosen_layers_and_scores_them_on_documents(tiny_eval, tiny_tok):
+    """hatac.evaluation.screen: every variant (and the random W it starts from) gets recall and mass per
+    budget; equal settings give equal numbers (seeded), and a bad variant or layer is a one-line error."""
+    from hatac.errors import HatacError
+    from hatac.evaluation.screen import parse_variant, screen
+
+    _, em = tiny_eval
+    calib = [_stdlib_ids(tiny_tok, "textwrap.py", 120), _stdlib_ids(tiny_tok, "argparse.py", 110)]
+    docs = [Document("quopri.py", "code", _stdlib_ids(tiny_tok, "quopri.py", 90))]
+    variants = {"a": {"max_steps": 20, "eval_every": 5}, "a-again": {"max_steps": 20, "eval_every": 5}, "b": {"max_steps": 20, "eval_every": 5, "lr": 1.0}}
+    res = screen(em, calib, docs, [3], 32, variants, "full", budgets=(0.25, 8.0), recall_queries=10, loss_from=40, progress=lambda m: None)
+    assert set(res["recall"]) == {"random", "a", "a-again", "b"} and set(res["recall"]["a"]) == {"1/4", "8"}
+    assert all(0 <= v <= 1 for per in res["recall"].values() for v in per.values())
+    assert all(0 < v <= 1 + 1e-6 for per in res["mass"].values() for v in per.values())
+    assert res["recall"]["a"] == res["recall"]["a-again"] and res["calibration"]["a"] == res["calibration"]["a-again"]
+    assert res["calibration"]["a"]["3"]["steps"] > 0
+    assert parse_variant("g:group_labels=true,lr=0.3") == ("g", {"group_labels": True, "lr": 0.3})
+    for bad in ("g:nope=1", "g:group_labels=maybe", ":lr=1"):
+        with pytest.raises(HatacError):
+            parse_variant(bad)
+    with pytest.raises(HatacError, match="not hashed layers"):
+        screen(em, calib, docs, [0], 32, variants, "full")
