@@ -265,7 +265,11 @@ def _score_kernel(
     L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
     SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    _score_pass(tl.program_id(0), tl.program_id(1), qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr, S, Hkv, T, CHUNK, n_splits, window, sink, recent, sqb, sqh, sqs, sqw, skb, skh, spb, sps, G, NW, GP, NWP, L, LP, J0, SHIFT, NCB, BLOCK_T, HW_POPC, PREFETCH)
+    _score_pass(
+        tl.program_id(0), tl.program_id(1), qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr, S, Hkv, T, CHUNK,
+        n_splits, window, sink, recent, sqb, sqh, sqs, sqw, skb, skh, spb, sps, G, NW, GP, NWP, L, LP, J0,
+        SHIFT, NCB, BLOCK_T, HW_POPC, PREFETCH,
+    )
 
 
 @triton.jit
@@ -276,7 +280,11 @@ def _fine_kernel(
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
     NSP1: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    _fine_pass(tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, n_splits1, S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NCB, NFB, NSP1, BLOCK_T)
+    _fine_pass(
+        tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr,
+        n_splits1, S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps,
+        IS_FRAC, SHIFT, NCB, NFB, NSP1, BLOCK_T,
+    )
 
 
 @triton.jit
@@ -287,7 +295,11 @@ def _write_kernel(
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr,
 ):
-    _write_pass(tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, BLOCK_P, HW_POPC)
+    _write_pass(
+        tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, S, Hkv, T,
+        K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NFB, NSP,
+        BLOCK_T, BLOCK_P, HW_POPC,
+    )
 
 
 @triton.jit
@@ -342,21 +354,29 @@ def _block_t(codes: torch.Tensor) -> int:
     return CONFIG["score_block_t"] if hw_flag(codes) else 64
 
 
+def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
+    """What both launch forms need: codes with a token's words contiguous (the score pass reads them as one
+    vector), group size, cache length, rows, histogram plan and the per-slot key buffer."""
+    b, hq, s, nw = q_codes.shape
+    hkv, t = k_codes.shape[1], k_codes.shape[2]
+    if k_codes.stride(3) != 1 or k_codes.stride(2) != nw:
+        k_codes = k_codes.contiguous()
+    p = plan(hq // hkv, nw * 32)
+    n_rows = b * hkv * s
+    keys = torch.empty((n_rows, t), dtype=p["key_dtype"], device=q_codes.device)
+    return k_codes, hq // hkv, t, n_rows, p, keys
+
+
 def score_keys(
     q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, sink: int = 0, recent: int = 0, window: int = 0
 ):
     """Launch 1 alone: (keys (rows, T), coarse histograms, plan, n_splits, chunk). Keys outside a row's
     valid range are left unwritten. Also the scoring half of the scores + torch.topk alternative."""
     b, hq, s, nw = q_codes.shape
-    hkv, t = k_codes.shape[1], k_codes.shape[2]
-    if k_codes.stride(3) != 1 or k_codes.stride(2) != nw:
-        k_codes = k_codes.contiguous()  # the score kernel reads a token's words as one vector
-    g = hq // hkv
-    p = plan(g, nw * 32)
-    n_rows = b * hkv * s
+    k_codes, g, t, n_rows, p, keys = _prologue(q_codes, k_codes)
+    hkv = k_codes.shape[1]
     block_t = _block_t(q_codes)
     n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["programs"], CONFIG["max_splits"])
-    keys = torch.empty((n_rows, t), dtype=p["key_dtype"], device=q_codes.device)
     hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
     _score_kernel[(n_rows, n_splits)](
         q_codes, k_codes, q_pos, keys, hist1,
@@ -428,14 +448,9 @@ def _row_select(q_codes, k_codes, q_pos, k, budget, sink, recent, window, out, b
                 block_w: int | None = None):
     """The one-launch form: a program per row runs the three passes over the whole row."""
     b, hq, s, nw = q_codes.shape
-    hkv, t = k_codes.shape[1], k_codes.shape[2]
-    if k_codes.stride(3) != 1 or k_codes.stride(2) != nw:
-        k_codes = k_codes.contiguous()
-    g = hq // hkv
-    p = plan(g, nw * 32)
-    n_rows = b * hkv * s
+    k_codes, g, t, n_rows, p, keys = _prologue(q_codes, k_codes)
+    hkv = k_codes.shape[1]
     dev = q_codes.device
-    keys = torch.empty((n_rows, t), dtype=p["key_dtype"], device=dev)
     hist1 = torch.empty((n_rows, 1, p["NCB"]), dtype=torch.int32, device=dev)
     hist2 = torch.empty((n_rows, 1, p["NFB"]), dtype=torch.int32, device=dev)
     less = torch.empty((n_rows, 1), dtype=torch.int32, device=dev)
