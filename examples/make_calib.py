@@ -10,6 +10,10 @@ running this script again gives the same bytes:
   assistant answers with the scene's next speeches.
 
 Usage: ``python examples/make_calib.py [--out examples/calib.jsonl] [--tokenizer DIR]``.
+
+``--long`` writes instead the variant used to test whether calibrating on contexts as long as the
+evaluation's helps (docs/ACCURACY.md: it did not): 10 text lines of about 3.8K-4.3K tokens from the same
+plays (places 0, 1/3, 2/3 of the first and third play, 0 and 1/2 of the others), no chat lines.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ TEXT_MIN, TEXT_MAX = 1500, 2000  # tokens per text line
 CHAT_PART = 700  # tokens in each of the user's passage and the assistant's continuation
 TEXT_PLACES = (0.0, 1 / 3, 2 / 3)
 CHAT_PLACES = (("as_you_like_it", 5 / 6), ("julius_caesar", 5 / 6))
+LONG_MIN, LONG_MAX = 3800, 4300
+LONG_PLACES = ((0.0, 0.34, 0.67), (0.0, 0.5), (0.0, 0.34, 0.67), (0.0, 0.5))  # per calibration play
 
 
 def speeches(text: str) -> list[str]:
@@ -57,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("calib.jsonl"))
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: SmolLM2)")
+    parser.add_argument("--long", action="store_true", help="10 excerpts of ~4K tokens, no chat lines (see above)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -72,6 +79,13 @@ def main() -> None:
 
     plays = shakespeare_plays()
     lines: list[dict] = []
+    if args.long:
+        for name, places in zip(CALIBRATION_PLAYS, LONG_PLACES):
+            blocks = speeches(plays[name])
+            for place in places:
+                lines.append({"text": take(blocks, int(len(blocks) * place), count, LONG_MIN, LONG_MAX)[0]})
+        _write(args.out, lines, count)
+        return
     for name in CALIBRATION_PLAYS:
         blocks = speeches(plays[name])
         for place in TEXT_PLACES:
@@ -90,10 +104,14 @@ def main() -> None:
                 ]
             }
         )
+    _write(args.out, lines, count)
+
+
+def _write(out: Path, lines: list[dict], count) -> None:
     body = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    args.out.write_text(body, encoding="utf-8")
+    out.write_text(body, encoding="utf-8")
     sizes = [count(x["text"]) if "text" in x else sum(count(m["content"]) for m in x["messages"]) for x in lines]
-    print(f"wrote {args.out}: {len(lines)} samples, {len(body.encode()) // 1024} KiB, tokens {sizes}")
+    print(f"wrote {out}: {len(lines)} samples, {len(body.encode()) // 1024} KiB, tokens {sizes}")
 
 
 if __name__ == "__main__":
