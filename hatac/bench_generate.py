@@ -88,6 +88,21 @@ def profile_step(step, reps: int = 3, top: int = 14) -> list[dict]:
     return [{"kernel": "(all kernels)", "us_per_step": total, "calls_per_step": sum(r["calls_per_step"] for r in rows)}] + rows[:top]
 
 
+def time_steps(step, tok: torch.Tensor, steps: int) -> tuple[float, torch.Tensor]:
+    """Median GPU latency (ms, CUDA events) of ``steps`` greedy decode steps of ``step``, and the last token."""
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+    with torch.no_grad():
+        for i in range(steps):
+            start[i].record()
+            out = step(tok)
+            end[i].record()
+            tok = out[:, -1:].argmax(-1)
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in zip(start, end))
+    return times[len(times) // 2], tok
+
+
 def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, profile: bool = False) -> dict:
     from hatac.static_decode import StaticDecodeStep
 
@@ -106,19 +121,8 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, pro
     step = StaticDecodeStep(hm, cache, compile=compile, cuda_graph=True)
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
-    tok = logits[:, -1:].argmax(-1)
-    start = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-    end = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-    with torch.no_grad():
-        for i in range(steps):
-            start[i].record()
-            out = step(tok)
-            end[i].record()
-            tok = out[:, -1:].argmax(-1)
-    torch.cuda.synchronize()
+    step_ms, _ = time_steps(step, logits[:, -1:].argmax(-1), steps)
     prof = profile_step(step) if profile else None
-    times = sorted(s.elapsed_time(e) for s, e in zip(start, end))
-    step_ms = times[len(times) // 2]
     res = {
         "prefill_s": prefill_s,
         "step_build_s": build_s,  # compile (first use only) + warm-up + CUDA-graph capture

@@ -117,22 +117,14 @@ def correctness(group, out: Path, say, batch: int = 4, length: int = 384, new_to
 
 def _time_step(hm, cache, tok, steps: int, compile: bool) -> tuple[float, torch.Tensor]:
     """Median latency (ms) of ``steps`` replays of a freshly captured static decode step over ``cache``."""
+    from hatac.bench_generate import time_steps
     from hatac.static_decode import StaticDecodeStep
 
     step = StaticDecodeStep(hm, cache, compile=compile, cuda_graph=True)
-    start = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-    end = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-    with torch.no_grad():
-        for i in range(steps):
-            start[i].record()
-            out = step(tok)
-            end[i].record()
-            tok = out[:, -1:].argmax(-1)
-    torch.cuda.synchronize()
+    ms, tok = time_steps(step, tok, steps)
     if step.graph is not None:
         step.graph.reset()
-    times = sorted(s.elapsed_time(e) for s, e in zip(start, end))
-    return times[len(times) // 2], tok
+    return ms, tok
 
 
 def measure_modes(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, modes: tuple[str, ...]) -> dict:
