@@ -120,18 +120,13 @@ def main() -> None:
                  "select_max_splits": [64]},
                 lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
             )
-            entry["select_row_mode"] = _sweep(  # one program a row, one launch
-                SEL.CONFIG,
-                {"row_mode_min_rows": [1], "row_block_t": [1024, 2048], "row_block_w": [2048, 4096], "row_warps": [8, 16]},
-                lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
-            )
         if not args.quick and not args.select_only and not args.score_only:
             entry["attention"] = _sweep(
                 ATT.CONFIG,
                 {"block_n": [32, 64], "warps": [4], "stages": [1, 2], "programs": [528, 1056]},
                 lambda: ATT.sparse_attention(q, kc, vc, idx, scale),
             )
-        print(json.dumps({key: entry[key] for key in ("score", "select", "select_row_mode", "attention") if key in entry}), flush=True)
+        print(json.dumps({key: entry[key] for key in ("score", "select", "attention") if key in entry}), flush=True)
         report.append(entry)
         del kc, vc, codes
         torch.cuda.empty_cache()

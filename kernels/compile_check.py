@@ -158,13 +158,6 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
         idx = k["hamming_topk"].hamming_topk(qc if qc is not None else torch.zeros(b, hq, 1, r // 32, dtype=torch.int32), codes, pos, width, 1 / 32)
         k["sparse_attention"].sparse_attention(q, cache, cache, idx, 0.1)
         k["sparse_attention"].sparse_attention(q, cache, cache, None, 0.1, q_pos=pos)  # dense decode
-        cfg = k["hamming_topk"].CONFIG
-        old = cfg["row_mode_min_rows"]
-        cfg["row_mode_min_rows"] = 1
-        try:
-            k["hamming_topk"].hamming_topk(torch.zeros(b, hq, 1, r // 32, dtype=torch.int32), codes, pos, width, 1 / 32)
-        finally:
-            cfg["row_mode_min_rows"] = old
     return launches
 
 

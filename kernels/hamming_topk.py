@@ -15,9 +15,8 @@ or recent), else ``score + 1``; the k smallest keys win, ties to the lower slot 
 
 Each pass body is a jit helper (``_score_pass``, ``_fine_pass``, ``_write_pass``) taking its (row, split).
 The three kernels run them over rows x splits, one launch each, the launch boundary being the barrier
-each pass needs. ``_row_select_kernel`` runs all three for a whole row in one program (one split, so no
-grid-wide dependency: one launch), for when there are enough rows to fill the GPU
-(``CONFIG["row_mode_min_rows"]``; off until timed on a GPU).
+each pass needs. (Running all three for a whole row in one program, one launch and no grid barrier, was
+1.6x slower at batch 8 on H100: 64 programs cannot pull the codes fast enough. docs/PERFORMANCE.md.)
 
 Scoring uses bit planes rather than G popcounts a word: with c the number of the G query heads whose bit is
 set, the summed distance at a bit is ``k ? G - c : c``. Written in binary, plane j of that is
@@ -42,8 +41,6 @@ CONFIG = {
     # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
-    # one program a row for all three passes (_row_select_kernel) from this many rows up (None: never)
-    "row_mode_min_rows": None, "row_block_t": 2048, "row_block_w": 4096, "row_warps": 16,
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 
@@ -302,33 +299,6 @@ def _write_kernel(
     )
 
 
-@triton.jit
-def _row_select_kernel(
-    qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr,
-    S, Hkv, T, K, window, sink, recent, want_fixed, budget_bits,
-    sqb, sqh, sqs, sqw,
-    skb, skh,
-    spb, sps,
-    G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
-    L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr, IS_FRAC: tl.constexpr,
-    SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
-    BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
-):
-    """All three passes for one whole row in one program (one split): no grid-wide dependency, so one
-    launch and no barrier but the program's own. Meant for enough rows to fill the GPU. Passes 2 and 3
-    re-read the row's int16 keys from L2 in blocks of BLOCK_W: large blocks, since each block is a dependent
-    round trip."""
-    row = tl.program_id(0)
-    _score_pass(row, 0, qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist1_ptr, S, Hkv, T, T, 1, window, sink, recent,
-                sqb, sqh, sqs, sqw, skb, skh, spb, sps, G, NW, GP, NWP, L, LP, J0, SHIFT, NCB, BLOCK_T, HW_POPC, PREFETCH)  # fmt: skip
-    tl.debug_barrier()  # the program's own key and histogram stores are visible to all its threads
-    _fine_pass(row, 0, qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, 1, S, Hkv, T, K, T, 1, window,
-               sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NCB, NFB, 2, BLOCK_W)  # fmt: skip
-    tl.debug_barrier()
-    _write_pass(row, 0, qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, S, Hkv, T, K, T, 1, window, sink,
-                recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NFB, 2, BLOCK_W, BLOCK_P, HW_POPC)  # fmt: skip
-
-
 def plan(g: int, rbits: int) -> dict:
     """Histogram geometry for scores in [0, g * rbits]: keys in [0, g * rbits + 1]."""
     max_key = g * rbits + 1
@@ -416,9 +386,6 @@ def hamming_topk(
     if t == 0:
         return out.fill_(-1)
     n_rows = b * hkv * s
-    min_rows = CONFIG["row_mode_min_rows"]
-    if hw_flag(q_codes) and min_rows is not None and n_rows >= min_rows:
-        return _row_select(q_codes, k_codes, q_pos, k, budget, sink, recent, window, out)
     keys, hist1, p, n_splits1, _ = score_keys(q_codes, k_codes, q_pos, sink, recent, window)
     block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else 128
     n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
@@ -443,27 +410,3 @@ def hamming_topk(
     )
     return out
 
-
-def _row_select(q_codes, k_codes, q_pos, k, budget, sink, recent, window, out, block_t: int | None = None,
-                block_w: int | None = None):
-    """The one-launch form: a program per row runs the three passes over the whole row."""
-    b, hq, s, nw = q_codes.shape
-    k_codes, g, t, n_rows, p, keys = _prologue(q_codes, k_codes)
-    hkv = k_codes.shape[1]
-    dev = q_codes.device
-    hist1 = torch.empty((n_rows, 1, p["NCB"]), dtype=torch.int32, device=dev)
-    hist2 = torch.empty((n_rows, 1, p["NFB"]), dtype=torch.int32, device=dev)
-    less = torch.empty((n_rows, 1), dtype=torch.int32, device=dev)
-    cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
-    is_frac, want_fixed, budget_bits = budget_args(budget)
-    block_t = block_t or (CONFIG["row_block_t"] if hw_flag(q_codes) else 64)
-    block_w = block_w or (CONFIG["row_block_w"] if hw_flag(q_codes) else 128)
-    _row_select_kernel[(n_rows,)](
-        q_codes, k_codes, q_pos, keys, hist1, hist2, less, cb, out,
-        s, hkv, t, k, window, sink, recent, want_fixed, budget_bits,
-        *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
-        G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"], IS_FRAC=is_frac,
-        SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], BLOCK_T=block_t, BLOCK_W=block_w, BLOCK_P=256,
-        HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"], num_warps=CONFIG["row_warps"],
-    )
-    return out

@@ -183,20 +183,6 @@ def test_hamming_topk_interp(case):
 
 
 @interp
-@pytest.mark.parametrize("case", TOPK_SMALL[:4])
-def test_hamming_topk_row_mode_interp(case):
-    """The one-program-a-row form (all three passes in one launch) on the same cases."""
-    sel = K["hamming_topk"]
-    b, hkv, g, s, t, nw, k, budget, sink, recent, window = case
-    gen = torch.Generator().manual_seed(11)
-    qc, kc = _codes((b, hkv * g, s, nw), "cpu", gen, 4), _codes((b, hkv, t, nw), "cpu", gen, 4)
-    pos = (torch.randint(0, t, (b, 1), generator=gen) - torch.arange(s).flip(0)).clamp_min(0)
-    out = torch.full((b, hkv, s, k), POISON, dtype=torch.int32)
-    sel._row_select(qc, kc, pos, k, budget, sink, recent, window, out, block_t=32, block_w=64)
-    assert torch.equal(out, ref.hamming_topk(qc, kc, pos, k, budget, sink, recent, window))
-
-
-@interp
 def test_hamming_topk_ties_interp():
     _check_topk("cpu", 1, 2, 2, 1, 120, 1, 16, 16.0, 1, 2, 0, seed=5, distinct=3)
 
@@ -218,15 +204,6 @@ TOPK_GPU = [
 def test_hamming_topk_gpu(case):
     _check_topk("cuda", *case, seed=0)
     _check_topk("cuda", *case, seed=7, distinct=5)  # many ties
-
-
-@pytest.mark.parametrize("case", TOPK_GPU)
-@pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
-def test_hamming_topk_row_mode_gpu(case, monkeypatch):
-    monkeypatch.setitem(K["hamming_topk"].CONFIG, "row_mode_min_rows", 1)
-    _check_topk("cuda", *case, seed=0)
-    _check_topk("cuda", *case, seed=7, distinct=5)
 
 
 def _counters_zero(owner):
