@@ -26,6 +26,7 @@ from hatac.bench_kernels import _graph_bench
 ENC = sys.modules["hatac.kernels.hash_encode"]
 SEL = sys.modules["hatac.kernels.hamming_topk"]
 ATT = sys.modules["hatac.kernels.sparse_attention"]
+COMMON = sys.modules["hatac.kernels._common"]
 SHAPES = [(8, 32768, 1 / 32), (8, 131072, 1 / 64), (1, 131072, 1 / 64), (8, 8192, 1 / 32)]
 
 
@@ -46,6 +47,15 @@ def _sweep(cfg: dict, grid: dict, fn, keep: int = 4) -> list:
         cfg.clear()
         cfg.update(base)
     return sorted(out, key=lambda x: x[0])[:keep]
+
+
+def _no_pdl(measure):
+    """measure() with programmatic dependent launch switched off (the kernels recompile without it)."""
+    COMMON.PDL["enabled"] = False
+    try:
+        return measure()
+    finally:
+        COMMON.PDL["enabled"] = True
 
 
 def kernel_times(fn, iters: int = 20) -> dict:
@@ -103,6 +113,7 @@ def main() -> None:
             "select": _us(lambda: SEL.hamming_topk(qc, codes, pos, k, budget)),
             "attention": _us(lambda: ATT.sparse_attention(q, kc, vc, idx, scale)),
             "total": _us(step),
+            "total_no_pdl": _no_pdl(lambda: _us(step)),
         }
         entry["kernels_us"] = kernel_times(step)
         print(json.dumps({key: entry[key] for key in ("batch", "context", "k", "graph_us", "kernels_us")}), flush=True)

@@ -135,7 +135,7 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, pro
     if step.graph is not None:
         step.graph.reset()  # release the graph's private memory pool
     step.graph = step.out = step.cache = None
-    del cache, step, logits, ids, out, tok
+    del cache, step, logits, ids
     gc.collect()
     torch.cuda.empty_cache()
     return res

@@ -15,6 +15,14 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+try:  # grid dependency control (programmatic dependent launch), Hopper and later
+    from triton.backends.nvidia.compiler import CUDAOptions
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    _HAVE_PDL = "launch_pdl" in CUDAOptions.__dataclass_fields__
+except ImportError:  # an older Triton: every launch is an ordinary one
+    _HAVE_PDL = False
+
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter."""
@@ -24,6 +32,39 @@ def interpreting() -> bool:
 def hw_flag(t: torch.Tensor) -> bool:
     """Whether compiled-GPU code paths (hardware popcount, 16-bit dots) may be used for this tensor."""
     return t.is_cuda and not interpreting()
+
+
+# Programmatic dependent launch for every hatac kernel on a GPU that has it; HATAC_PDL=0 turns it off
+# (examples/tune_kernels.py times both; docs/PERFORMANCE.md has the numbers).
+PDL = {"enabled": os.environ.get("HATAC_PDL", "1") != "0"}
+
+
+def pdl_flag(t: torch.Tensor) -> bool:
+    """Whether kernels on ``t``'s device launch with programmatic dependent launch (``launch_pdl``).
+
+    A kernel so launched may be scheduled while the previous kernel in the stream is still finishing; it
+    calls :func:`grid_sync` before touching memory, which waits for that kernel to complete. That hides the
+    launch gap between two kernels of a decode step (CUDA graphs keep the dependency as a programmatic
+    edge). Off in the interpreter, on GPUs before Hopper and with a Triton that lacks it."""
+    return (
+        _HAVE_PDL and PDL["enabled"] and hw_flag(t) and torch.cuda.get_device_capability(t.device)[0] >= 9
+    )
+
+
+def pdl_args(t: torch.Tensor) -> dict:
+    """Launch arguments for a hatac kernel on ``t``'s device: its ``PDL`` constexpr and ``launch_pdl``."""
+    flag = pdl_flag(t)
+    return {"PDL": flag, "launch_pdl": flag}
+
+
+@triton.jit
+def grid_sync(PDL: tl.constexpr):
+    """First statement of every hatac kernel: with PDL, wait until the previous kernel in the stream has
+    finished and its writes are visible (the only safe point to read or overwrite what it touched), then let
+    the next kernel begin launching. Waiting first keeps at most one kernel queued behind a running one."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 def next_pow2(n: int) -> int:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import hw_flag, next_pow2
+from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args
 
 _LOG2E = 1.4426950408889634
 
@@ -28,8 +28,9 @@ def _cache_attention_kernel(
     spb, sps,
     sob, soh, sos, sod,
     G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    F32_DOT: tl.constexpr,
+    F32_DOT: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     mb = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
@@ -108,6 +109,6 @@ def cache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *q_pos.stride(), *out.stride(),
         G=hq // hkv, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)),
         F32_DOT=not hw or q.dtype == torch.float32,
-        num_warps=4, num_stages=2 if hw else 1,
+        num_warps=4, num_stages=2 if hw else 1, **pdl_args(q),
     )
     return out

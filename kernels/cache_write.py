@@ -8,15 +8,16 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import next_pow2
+from hatac.kernels._common import grid_sync, next_pow2, pdl_args
 
 
 @triton.jit
 def _cache_write_kernel(
     cache_ptr, val_ptr, pos_ptr, H, S, X,
     scb, sch, sct, scx, svb, svh, svs, svx, spb, sps,
-    BLOCK_X: tl.constexpr,
+    BLOCK_X: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     row = tl.program_id(0)
     s = row % S
     h = (row // S) % H
@@ -39,5 +40,5 @@ def cache_write(cache: torch.Tensor, values: torch.Tensor, write_pos: torch.Tens
     _cache_write_kernel[(b * h * s,)](
         cache, values, pos, h, s, x,
         *cache.stride(), *values.stride(), *pos.stride(),
-        BLOCK_X=min(256, max(16, next_pow2(x))), num_warps=1 if x <= 64 else 2,
+        BLOCK_X=min(256, max(16, next_pow2(x))), num_warps=1 if x <= 64 else 2, **pdl_args(cache),
     )

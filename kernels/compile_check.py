@@ -76,12 +76,14 @@ def recording(case: str, launches: list[Launch]):
     import hatac.kernels  # noqa: F401
 
     mods = [sys.modules[f"hatac.kernels.{m}"] for m in _MODULES] + [sys.modules["hatac.kernels._common"]]
+    common = sys.modules["hatac.kernels._common"]
     saved_flags = {m: m.hw_flag for m in mods if hasattr(m, "hw_flag")}
+    saved_pdl = common.pdl_flag
     saved_run = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
         params = list(inspect.signature(self.fn).parameters)
-        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "launch_pdl") if k in kwargs}
         values = dict(zip(params, args))
         values.update(kwargs)
         const_names = {p.name for p in self.params if p.is_constexpr}
@@ -94,10 +96,12 @@ def recording(case: str, launches: list[Launch]):
     try:
         for m in saved_flags:
             m.hw_flag = lambda t: True
+        common.pdl_flag = lambda t: common._HAVE_PDL and common.PDL["enabled"]  # as on sm_90
         JITFunction.run = record
         yield triton
     finally:
         JITFunction.run = saved_run
+        common.pdl_flag = saved_pdl
         for m, f in saved_flags.items():
             m.hw_flag = f
 

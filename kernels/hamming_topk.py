@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import budget_args, hw_flag, next_pow2, popcount, select_count
+from hatac.kernels._common import budget_args, grid_sync, hw_flag, next_pow2, pdl_args, popcount, select_count
 
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
 # Launch geometry (GPU); examples/tune_kernels.py sweeps these.
@@ -260,8 +260,9 @@ def _score_kernel(
     spb, sps,
     G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
     L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
-    SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
+    SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     _score_pass(
         tl.program_id(0), tl.program_id(1), qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr, S, Hkv, T, CHUNK,
         n_splits, window, sink, recent, sqb, sqh, sqs, sqw, skb, skh, spb, sps, G, NW, GP, NWP, L, LP, J0,
@@ -275,8 +276,9 @@ def _fine_kernel(
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
-    NSP1: tl.constexpr, BLOCK_T: tl.constexpr,
+    NSP1: tl.constexpr, BLOCK_T: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     _fine_pass(
         tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr,
         n_splits1, S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps,
@@ -290,8 +292,9 @@ def _write_kernel(
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     _write_pass(
         tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, S, Hkv, T,
         K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NFB, NSP,
@@ -354,7 +357,7 @@ def score_keys(
         *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
         G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"],
         SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
-        num_warps=CONFIG["score_warps"],
+        num_warps=CONFIG["score_warps"], **pdl_args(q_codes),
     )
     return keys, hist1, p, n_splits, chunk
 
@@ -401,12 +404,12 @@ def hamming_topk(
     _fine_kernel[grid](
         q_pos, keys, hist1, hist2, less, cb, n_splits1, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
-        num_warps=warps,
+        num_warps=warps, **pdl_args(q_codes),
     )
     _write_kernel[grid](
         q_pos, keys, hist2, less, cb, out, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        num_warps=warps,
+        num_warps=warps, **pdl_args(q_codes),
     )
     return out
 

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import hw_flag, next_pow2
+from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args
 
 
 @triton.jit
@@ -68,8 +68,9 @@ def _encode_kernel(
     swh, swd, swr,
     sob, soh, sos, sow,
     NW: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-    MODE: tl.constexpr,
+    MODE: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     pid_s = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -99,8 +100,9 @@ def _encode_step_kernel(
     scb, sch, scs, scw,
     skcb, skch, skct, skcw,
     swpb, swps,
-    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     pid = tl.program_id(0)
     s = pid % S
     kv = (pid // S) % Hkv
@@ -165,7 +167,7 @@ def hash_encode(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = Non
         x, w, out, s, h, h // hkv, d,
         *x.stride(), *w.stride(), *out.stride(),
         NW=nw, BLOCK_S=block_s, BLOCK_D=block_d,
-        MODE=mode, num_warps=8 if mode in (1, 2) or block_d > 128 else 4,
+        MODE=mode, num_warps=8 if mode in (1, 2) or block_d > 128 else 4, **pdl_args(x),
     )
     return out
 
@@ -191,5 +193,6 @@ def hash_encode_step(
         *q.stride(), *k.stride(), *w.stride(), *out.stride(), *k_codes.stride(), *write_pos.stride(),
         ROWS=max(16, next_pow2(g + 1)), BLOCK_D=max(16, next_pow2(d)),
         MODE=_mode(hw_flag(q), [q.dtype, k.dtype], w.dtype, native_ok=False), num_warps=4 if d <= 128 else 8,
+        **pdl_args(q),
     )
     return out

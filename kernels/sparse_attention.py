@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import hw_flag, next_pow2, self_reset_counters
+from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args, self_reset_counters
 
 _LOG2E = 1.4426950408889634
 # Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
@@ -33,9 +33,11 @@ def _attn_split_kernel(
     svb, svh, svt, svd,
     sib, sih, sis, sik,
     sob, soh, sos, sod,
+    spb, sps,
     G: tl.constexpr, GP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    F32_DOT: tl.constexpr, PRECISION: tl.constexpr, DENSE: tl.constexpr,
+    F32_DOT: tl.constexpr, PRECISION: tl.constexpr, DENSE: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
     s = row % S
@@ -59,7 +61,7 @@ def _attn_split_kernel(
     n_lo = split * CHUNK
     n_hi = tl.minimum(n_lo + CHUNK, K)
     if DENSE:  # every slot up to the query's position (within the window): no index loads, stop at the length
-        hi = tl.load(pos_ptr + b * S + s).to(tl.int32)
+        hi = tl.load(pos_ptr + b.to(tl.int64) * spb + s * sps).to(tl.int32)
         n_hi = tl.minimum(n_hi, hi + 1)
         if window > 0:
             n_lo = tl.maximum(n_lo, hi - window + 1)
@@ -142,7 +144,7 @@ def sparse_attention(
     if dense:
         if q_pos is None:
             raise ValueError("dense decoding needs q_pos")
-        q_pos = q_pos.to(torch.int32).expand(b, s).contiguous()
+        q_pos = q_pos.expand(b, s)  # read in place (any integer dtype, any strides): no cast kernel
         kk = k_cache.shape[2]
     else:
         kk = indices.shape[-1]
@@ -170,8 +172,9 @@ def sparse_attention(
         q, k_cache, v_cache, q_pos if dense else indices, o_part, lse_part, counters, out, q_pos if dense else counters,
         float(scale) * _LOG2E, s, hkv, kk, d, dv, chunk, n_splits, int(window),
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *idx_strides, *out.stride(),
+        *(q_pos.stride() if dense else (0, 0)),
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         F32_DOT=f32, PRECISION="ieee", DENSE=dense,
-        num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"],
+        num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"], **pdl_args(q),
     )
     return out
