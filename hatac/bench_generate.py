@@ -191,7 +191,10 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
                     f"prefill {r['prefill_s']:.2f}s  peak {r['peak_gb']:.1f} GiB  floor {r['floor_ms']:.3f} ms ({r['of_floor']:.2f}x)")
                 for p in r.get("profile", []):
                     say(f"    {p['us_per_step']:9.1f} us  x{p['calls_per_step']:<5g} {p['kernel']}")
-    result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps, "rows": rows}
+    from hatac.bench_kernels import _pdl_on
+
+    result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps,
+              "programmatic_dependent_launch": _pdl_on(), "rows": rows}
     (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out / "bench_generate.png")
     say("\n" + table(rows))

@@ -60,6 +60,13 @@ def _graph_bench(fn) -> float:
     return _bench(graph.replay)
 
 
+def _pdl_on() -> bool:
+    """Whether hatac's kernels launched with programmatic dependent launch in this run."""
+    from hatac.kernels._common import pdl_flag
+
+    return pdl_flag(torch.empty(0, device=DEVICE))
+
+
 def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
     src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=DEVICE).uniform_()
@@ -298,7 +305,8 @@ def run(
         "python": platform.python_version(),
         "shape": {"q_heads": hq, "kv_heads": hkv, "head_dim": head_dim, "rbits": rbits, "dtype": str(dtype)},
         "copy_bandwidth_Bps": bw,
-        "config": {"hamming_topk": dict(sel.CONFIG), "sparse_attention": dict(att.CONFIG)},
+        "config": {"hamming_topk": dict(sel.CONFIG), "sparse_attention": dict(att.CONFIG),
+                   "programmatic_dependent_launch": _pdl_on()},
         "check": checked,
         "rows": rows,
         "skipped": skipped,
