@@ -13,10 +13,10 @@ or recent), else ``score + 1``; the k smallest keys win, ties to the lower slot 
    pads with -1. Output is sorted ascending by construction, with no sort. Winners are packed into 32-bit
    words and placed by prefix sums over words (a per-slot scan cost twice as much on H100).
 
-Each pass body is a jit helper (``_score_pass``, ``_fine_pass``, ``_write_pass``) taking its (row, split).
-The three kernels run them over rows x splits, one launch each, the launch boundary being the barrier
-each pass needs. (Running all three for a whole row in one program, one launch and no grid barrier, was
-1.6x slower at batch 8 on H100: 64 programs cannot pull the codes fast enough. docs/PERFORMANCE.md.)
+Each kernel runs over rows x splits (program ids), one launch a pass, the launch boundary being the
+barrier each pass needs. (Running all three for a whole row in one program, one launch and no grid
+barrier, was 1.6x slower at batch 8 on H100: 64 programs cannot pull the codes fast enough.
+docs/PERFORMANCE.md.)
 
 Scoring uses bit planes rather than G popcounts a word: with c the number of the G query heads whose bit is
 set, the summed distance at a bit is ``k ? G - c : c``. Written in binary, plane j of that is
@@ -54,8 +54,7 @@ def _row_coords(row, S, Hkv):
 
 
 @triton.jit
-def _score_pass(
-    row, split,
+def _score_kernel(
     qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr,
     S, Hkv, T, CHUNK, n_splits, window, sink, recent,
     sqb, sqh, sqs, sqw,
@@ -64,7 +63,11 @@ def _score_pass(
     G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
     L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
     SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
+    row = tl.program_id(0)
+    split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     hi = pos + 1
@@ -132,14 +135,16 @@ def _score_pass(
 
 
 @triton.jit
-def _fine_pass(
-    row, split,
+def _fine_kernel(
     qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, n_splits1,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
-    NSP1: tl.constexpr, BLOCK_T: tl.constexpr,
+    NSP1: tl.constexpr, BLOCK_T: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
+    row = tl.program_id(0)
+    split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
@@ -177,14 +182,16 @@ def _fine_pass(
 
 
 @triton.jit
-def _write_pass(
-    row, split,
+def _write_kernel(
     qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
+    row = tl.program_id(0)
+    split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
@@ -249,57 +256,6 @@ def _write_pass(
         for p0 in range(0, K, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             tl.store(out_base + p, tl.full((BLOCK_P,), -1, tl.int32), mask=(p >= n_sel) & (p < K))
-
-
-@triton.jit
-def _score_kernel(
-    qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr,
-    S, Hkv, T, CHUNK, n_splits, window, sink, recent,
-    sqb, sqh, sqs, sqw,
-    skb, skh,
-    spb, sps,
-    G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
-    L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
-    SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
-):
-    grid_sync(PDL)
-    _score_pass(
-        tl.program_id(0), tl.program_id(1), qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr, S, Hkv, T, CHUNK,
-        n_splits, window, sink, recent, sqb, sqh, sqs, sqw, skb, skh, spb, sps, G, NW, GP, NWP, L, LP, J0,
-        SHIFT, NCB, BLOCK_T, HW_POPC, PREFETCH,
-    )
-
-
-@triton.jit
-def _fine_kernel(
-    qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, n_splits1,
-    S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
-    spb, sps,
-    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
-    NSP1: tl.constexpr, BLOCK_T: tl.constexpr, PDL: tl.constexpr,
-):
-    grid_sync(PDL)
-    _fine_pass(
-        tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr,
-        n_splits1, S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps,
-        IS_FRAC, SHIFT, NCB, NFB, NSP1, BLOCK_T,
-    )
-
-
-@triton.jit
-def _write_kernel(
-    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr,
-    S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
-    spb, sps,
-    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, PDL: tl.constexpr,
-):
-    grid_sync(PDL)
-    _write_pass(
-        tl.program_id(0), tl.program_id(1), qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, S, Hkv, T,
-        K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps, IS_FRAC, SHIFT, NFB, NSP,
-        BLOCK_T, BLOCK_P, HW_POPC,
-    )
 
 
 def plan(g: int, rbits: int) -> dict:
