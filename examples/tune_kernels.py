@@ -51,11 +51,12 @@ def _sweep(cfg: dict, grid: dict, fn, keep: int = 4) -> list:
 
 def _no_pdl(measure):
     """measure() with programmatic dependent launch switched off (the kernels recompile without it)."""
+    was = COMMON.PDL["enabled"]
     COMMON.PDL["enabled"] = False
     try:
         return measure()
     finally:
-        COMMON.PDL["enabled"] = True
+        COMMON.PDL["enabled"] = was
 
 
 def kernel_times(fn, iters: int = 20) -> dict:
