@@ -103,19 +103,25 @@ def time_steps(step, tok: torch.Tensor, steps: int) -> tuple[float, torch.Tensor
     return times[len(times) // 2], tok
 
 
-def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, profile: bool = False) -> dict:
-    from hatac.static_decode import StaticDecodeStep
-
+def prefill(hm, batch: int, ctx: int, capacity: int, vocab: int) -> tuple[object, torch.Tensor, float]:
+    """A static cache of ``capacity`` slots prefilled with ``batch`` random prompts of ``ctx`` tokens (fixed
+    seed; peak-memory counter reset first): (cache, last-position logits, prefill seconds)."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     gen = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(0, vocab, (batch, ctx), device="cuda", generator=gen)
-    cache = hm.new_cache(capacity=ctx + steps + 8, static=True)
+    cache = hm.new_cache(capacity=capacity, static=True)
     t0 = time.perf_counter()
     with torch.no_grad():
         logits = hm(ids, past_key_values=cache, logits_to_keep=1).logits
     torch.cuda.synchronize()
-    prefill_s = time.perf_counter() - t0
+    return cache, logits, time.perf_counter() - t0
+
+
+def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, profile: bool = False) -> dict:
+    from hatac.static_decode import StaticDecodeStep
+
+    cache, logits, prefill_s = prefill(hm, batch, ctx, ctx + steps + 8, vocab)
     t0 = time.perf_counter()
     # The compiled step is kept on hm: after a second shape it is dynamic and serves the rest of the sweep.
     step = StaticDecodeStep(hm, cache, compile=compile, cuda_graph=True)
@@ -135,7 +141,7 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, pro
     if step.graph is not None:
         step.graph.reset()  # release the graph's private memory pool
     step.graph = step.out = step.cache = None
-    del cache, step, logits, ids
+    del cache, step, logits
     gc.collect()
     torch.cuda.empty_cache()
     return res

@@ -131,17 +131,10 @@ def measure_modes(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: in
     """One prefill, then the decode step timed with each all-reduce mode (one CUDA graph each; the cache
     grows by ``steps`` tokens per mode, a negligible change at long contexts)."""
     from hatac import allreduce
+    from hatac.bench_generate import prefill
 
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, ctx), device="cuda", generator=gen)
-    cache = hm.new_cache(capacity=ctx + steps * len(modes) + 8, static=True)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        logits = hm(ids, past_key_values=cache, logits_to_keep=1).logits
-    torch.cuda.synchronize()
-    res = {"prefill_s": time.perf_counter() - t0, "by_allreduce": {}}
+    cache, logits, prefill_s = prefill(hm, batch, ctx, ctx + steps * len(modes) + 8, vocab)
+    res = {"prefill_s": prefill_s, "by_allreduce": {}}
     tok = logits[:, -1:].argmax(-1)
     for m in modes:
         allreduce.reset_counts()
@@ -150,7 +143,7 @@ def measure_modes(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: in
         rep = allreduce.report()
         res["by_allreduce"][m] = {"step_ms": ms, "tokens_per_s": batch / (ms * 1e-3), "used": rep["used"]}
     res["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    del cache, logits, ids, tok
+    del cache, logits, tok
     gc.collect()
     torch.cuda.empty_cache()
     return res
