@@ -43,6 +43,7 @@ CONFIG = {
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
+INTERP_BLOCKS = {"score": 64, "select": 128}  # block sizes under the interpreter (tests shrink them)
 
 
 @triton.jit
@@ -280,7 +281,7 @@ def _splits(n_rows: int, t: int, block_t: int, programs: int, max_splits: int) -
 
 
 def _block_t(codes: torch.Tensor) -> int:
-    return CONFIG["score_block_t"] if hw_flag(codes) else 64
+    return CONFIG["score_block_t"] if hw_flag(codes) else INTERP_BLOCKS["score"]
 
 
 def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
@@ -346,7 +347,7 @@ def hamming_topk(
         return out.fill_(-1)
     n_rows = b * hkv * s
     keys, hist1, p, n_splits1, _ = score_keys(q_codes, k_codes, q_pos, sink, recent, window)
-    block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else 128
+    block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
     n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
     nsp = next_pow2(n_splits)
     warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)

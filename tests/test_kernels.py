@@ -187,6 +187,18 @@ def test_hamming_topk_ties_interp():
     _check_topk("cpu", 1, 2, 2, 1, 120, 1, 16, 16.0, 1, 2, 0, seed=5, distinct=3)
 
 
+@interp
+@pytest.mark.parametrize("distinct", [None, 3])
+def test_hamming_topk_many_splits_interp(monkeypatch, distinct):
+    """Short blocks, so every pass runs over many splits a row (the fine and write passes sum every split's
+    histograms, and each split's winners start after the earlier splits')."""
+    mod = K["hamming_topk"]
+    monkeypatch.setitem(mod.INTERP_BLOCKS, "score", 32)
+    monkeypatch.setitem(mod.INTERP_BLOCKS, "select", 32)
+    _check_topk("cpu", 2, 2, 4, 1, 330, 4, 24, 0.06, 1, 3, 0, seed=11, distinct=distinct)
+    _check_topk("cpu", 1, 2, 2, 2, 300, 2, 40, 40.0, 0, 0, 100, seed=12, distinct=distinct)
+
+
 TOPK_GPU = [
     (8, 8, 4, 1, 32768, 4, 1024, 0.03125, 0, 0, 0),
     (1, 8, 4, 1, 70000, 4, 1094, 0.015625, 4, 64, 0),
