@@ -7,7 +7,8 @@ timed region is replayed from a CUDA graph, as a decode step runs in production,
 time; plain eager launches are timed too (``*_plain_ms``), which on a slow host measure Python launch
 overhead more than the GPU. It reports the speedup over dense, the memory floor of the step
 (the bytes it must read over the copy bandwidth measured in the same run) and the fraction of that floor
-reached, and the context where hatac starts to beat dense. The kernels are first checked against the
+reached, the time a plain gather of the selected K and V rows takes (``gather_ms``: random 256-byte rows
+do not stream at copy bandwidth), and the context where hatac starts to beat dense. The kernels are first checked against the
 references. Results go to ``out_dir`` as JSON and a PNG plot.
 """
 
@@ -114,6 +115,47 @@ def check(seed: int = 0) -> dict:
     return res
 
 
+def _gather_probe():
+    """A Triton kernel that only reads gathered cache rows (sums them into one float a program): the time a
+    plain gather of the selected K and V rows takes on this GPU, the part of the memory floor that copy
+    bandwidth overstates (random 256-byte rows are not a stream)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _gather_sum(k_ptr, v_ptr, rows_ptr, out_ptr, K, CHUNK, D: tl.constexpr, BLOCK_N: tl.constexpr):
+        row = tl.program_id(0)
+        piece = tl.program_id(1)
+        d = tl.arange(0, D)
+        acc = tl.zeros((BLOCK_N, D), tl.float32)
+        hi = tl.minimum(piece * CHUNK + CHUNK, K)
+        for n0 in range(piece * CHUNK, hi, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            r = tl.load(rows_ptr + row.to(tl.int64) * K + n, mask=n < hi, other=-1)
+            m = (r >= 0)[:, None]
+            acc += tl.load(k_ptr + r[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
+            acc += tl.load(v_ptr + r[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * tl.num_programs(1) + piece, tl.sum(tl.sum(acc, axis=1), axis=0))
+
+    def gather_ms(kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) -> float:
+        b, hkv, t, d = kc.shape
+        k = idx.shape[-1]
+        base = torch.arange(b * hkv, device=idx.device, dtype=torch.int64)[:, None] * t
+        flat = idx.reshape(b * hkv, k).to(torch.int64)
+        rows = torch.where(flat >= 0, flat + base, -1).contiguous()
+        best = float("inf")
+        for programs in (512, 2048):
+            pieces = max(1, min(k // 64, triton.cdiv(programs, b * hkv)))
+            chunk = triton.cdiv(triton.cdiv(k, pieces), 64) * 64
+            pieces = triton.cdiv(k, chunk)
+            out = torch.empty(b * hkv * pieces, device=kc.device)
+            launch = lambda: _gather_sum[(b * hkv, pieces)](kc, vc, rows, out, k, chunk, D=d, BLOCK_N=64, num_warps=4)  # noqa: E731
+            best = min(best, _graph_bench(launch))
+        return best
+
+    return gather_ms
+
+
 def _fits(b: int, hkv: int, t: int, d: int, dt_bytes: int) -> bool:
     free, _ = torch.cuda.mem_get_info()
     need = 2 * b * hkv * t * d * dt_bytes * 1.2 + (256 << 20)
@@ -129,7 +171,7 @@ def _torch_topk_select(sel, qc, codes, pos, k):
     return torch.sort(idx, dim=-1).values
 
 
-def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt) -> tuple[list[dict], float]:
+def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, gather=None) -> tuple[list[dict], float]:
     gen = torch.Generator(device=DEVICE).manual_seed(t + b)
     dev = DEVICE
     kc = torch.randn(b, hkv, t, d, device=dev, dtype=dt, generator=gen)
@@ -187,6 +229,9 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt) -> 
             "dense_floor_ms": dense_bytes / bw * 1e3,
         }
         row["floor_fraction"] = row["floor_ms"] / total
+        if gather is not None:  # the selected rows read by a plain gather: what the attention stage could approach
+            row["gather_ms"] = gather(kc, vc, idx)
+            row["attention_over_gather"] = stage["attention"] / row["gather_ms"]
         if alt:
             row["select_torch_topk_ms"] = _graph_bench(lambda: _torch_topk_select(sel, qc, codes, pos, k))
         rows.append(row)
@@ -213,7 +258,7 @@ def crossover(rows: list[dict], key: str = "speedup") -> dict:
 def table(rows: list[dict]) -> str:
     head = (
         f"{'B':>2} {'ctx':>7} {'budget':>7} {'k':>5} {'dense':>8} {'encode':>7} {'select':>7} {'attn':>7} "
-        f"{'total':>7} {'speedup':>7} {'floor':>7} {'%floor':>6} {'eager':>7}"
+        f"{'total':>7} {'speedup':>7} {'floor':>7} {'%floor':>6} {'gather':>7} {'eager':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -221,7 +266,8 @@ def table(rows: list[dict]) -> str:
             f"{r['batch']:>2} {r['context']:>7} {r['budget'] * 100:>6.2f}% {r['k']:>5} {r['dense_ms'] * 1e3:>7.1f}u "
             f"{r['encode_ms'] * 1e3:>6.1f}u {r['select_ms'] * 1e3:>6.1f}u {r['attention_ms'] * 1e3:>6.1f}u "
             f"{r['total_ms'] * 1e3:>6.1f}u {r['speedup']:>6.1f}x "
-            f"{r['floor_ms'] * 1e3:>6.1f}u {r['floor_fraction'] * 100:>5.0f}% {r['total_plain_ms'] * 1e3:>6.1f}u"
+            f"{r['floor_ms'] * 1e3:>6.1f}u {r['floor_fraction'] * 100:>5.0f}% "
+            f"{r.get('gather_ms', float('nan')) * 1e3:>6.1f}u {r['total_plain_ms'] * 1e3:>6.1f}u"
         )
     return "\n".join(lines)
 
@@ -284,13 +330,14 @@ def run(
         raise RuntimeError(f"kernels disagree with the references: {checked}")
     bw = copy_bandwidth()
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
+    gather = _gather_probe()
     rows, skipped = [], []
     for b in batches:
         for t in contexts:
             if not _fits(b, hkv, t, head_dim, torch.finfo(dtype).bits // 8):
                 skipped.append({"batch": b, "context": t})
                 continue
-            new, _ = _one(b, t, budgets, hq, hkv, head_dim, rbits, dtype, bw, enc, sel, att, None, torch_topk)
+            new, _ = _one(b, t, budgets, hq, hkv, head_dim, rbits, dtype, bw, enc, sel, att, None, torch_topk, gather)
             rows += new
             for r in new:
                 log(
