@@ -59,6 +59,16 @@ def _no_pdl(measure):
         COMMON.PDL["enabled"] = was
 
 
+def _no_hint(measure):
+    """measure() with the selection hint switched off (every step runs the full fine pass)."""
+    was = SEL.CONFIG["hint"]
+    SEL.CONFIG["hint"] = False
+    try:
+        return measure()
+    finally:
+        SEL.CONFIG["hint"] = was
+
+
 def kernel_times(fn, iters: int = 20) -> dict:
     """Mean GPU microseconds per launch of each kernel fn runs (torch profiler, CUPTI)."""
     from torch.profiler import ProfilerActivity, profile
@@ -115,7 +125,13 @@ def main() -> None:
             "attention": _us(lambda: ATT.sparse_attention(q, kc, vc, idx, scale)),
             "total": _us(step),
             "total_no_pdl": _no_pdl(lambda: _us(step)),
+            "total_no_hint": _no_hint(lambda: _us(step)),
         }
+        hint = SEL.selection_hint(codes, b * hkv)
+        if hint is not None:  # a graph replays the same query, so the hint always hits; make it miss every time
+            reset = lambda: hint[:, 0].fill_(-1)  # noqa: E731
+            entry["graph_us"]["total_hint_miss"] = _us(lambda: (reset(), step()))
+            entry["graph_us"]["hint_reset_alone"] = _us(reset)
         entry["kernels_us"] = kernel_times(step)
         print(json.dumps({key: entry[key] for key in ("batch", "context", "k", "graph_us", "kernels_us")}), flush=True)
         if not args.quick and not args.select_only:

@@ -103,6 +103,13 @@ def time_steps(step, tok: torch.Tensor, steps: int) -> tuple[float, torch.Tensor
     return times[len(times) // 2], tok
 
 
+def _hint_stats(reset: bool) -> dict:
+    import hatac.kernels  # noqa: F401  (the CUDA bodies)
+    from hatac.kernels.hamming_topk import hint_stats
+
+    return hint_stats("cuda", reset=reset)
+
+
 def prefill(hm, batch: int, ctx: int, capacity: int, vocab: int) -> tuple[object, torch.Tensor, float]:
     """A static cache of ``capacity`` slots prefilled with ``batch`` random prompts of ``ctx`` tokens (fixed
     seed; peak-memory counter reset first): (cache, last-position logits, prefill seconds)."""
@@ -127,7 +134,9 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, pro
     step = StaticDecodeStep(hm, cache, compile=compile, cuda_graph=True)
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
+    hints = _hint_stats(reset=True)  # count the timed steps only
     step_ms, _ = time_steps(step, logits[:, -1:].argmax(-1), steps)
+    hints = _hint_stats(reset=True)
     prof = profile_step(step) if profile else None
     res = {
         "prefill_s": prefill_s,
@@ -136,6 +145,8 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, pro
         "tokens_per_s": batch / (step_ms * 1e-3),
         "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
     }
+    if hints["calls"]:  # hashed layers: how often the selection hint let the fine pass skip its scan
+        res["select_hint"] = hints
     if prof is not None:
         res["profile"] = prof
     if step.graph is not None:
@@ -194,13 +205,16 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
                 rows.append(r)
                 (out / "bench_generate.json").write_text(json.dumps({"partial": True, "rows": rows}, indent=2))
                 say(f"b={batch:<2} ctx={ctx:<6} {name:<12} step {r['step_ms']:7.3f} ms  {r['tokens_per_s']:8.1f} tok/s  x{r['speedup']:.2f}  "
-                    f"prefill {r['prefill_s']:.2f}s  peak {r['peak_gb']:.1f} GiB  floor {r['floor_ms']:.3f} ms ({r['of_floor']:.2f}x)")
+                    f"prefill {r['prefill_s']:.2f}s  peak {r['peak_gb']:.1f} GiB  floor {r['floor_ms']:.3f} ms ({r['of_floor']:.2f}x)"
+                    + (f"  select hint hits {r['select_hint']['hit_rate']:.0%}" if "select_hint" in r else ""))
                 for p in r.get("profile", []):
                     say(f"    {p['us_per_step']:9.1f} us  x{p['calls_per_step']:<5g} {p['kernel']}")
     from hatac.bench_kernels import _pdl_on
 
+    from hatac.kernels.hamming_topk import CONFIG as select_config
+
     result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps,
-              "programmatic_dependent_launch": _pdl_on(), "rows": rows}
+              "programmatic_dependent_launch": _pdl_on(), "select_hint": select_config["hint"], "rows": rows}
     (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out / "bench_generate.png")
     say("\n" + table(rows))

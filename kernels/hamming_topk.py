@@ -13,6 +13,13 @@ or recent), else ``score + 1``; the k smallest keys win, ties to the lower slot 
    pads with -1. Output is sorted ascending by construction, with no sort. Winners are packed into 32-bit
    words and placed by prefix sums over words (a per-slot scan cost twice as much on H100).
 
+**Selection hint (decode).** Between decode steps over the same key-code cache the coarse bin that holds
+the threshold rarely moves. Each row keeps the bin it had last time (:func:`selection_hint`, state kept
+per code cache, like the attention's counters); the scoring pass also histograms the low bits of the keys
+in that bin, and the fine pass's programs skip their scan when the bin is unchanged (every program of a
+row computes the same bin, so they decide alike). The write pass records the new bin and counts hits.
+The result never depends on the hint: a stale or missing one only costs the full fine pass.
+
 Each kernel runs over rows x splits (program ids), one launch a pass, the launch boundary being the
 barrier each pass needs. (Running all three for a whole row in one program, one launch and no grid
 barrier, was 1.6x slower at batch 8 on H100: 64 programs cannot pull the codes fast enough.
@@ -26,6 +33,8 @@ instead of G.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -41,6 +50,8 @@ CONFIG = {
     # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
+    # decode (one query row): keep each row's threshold bin between calls (selection_hint); HATAC_SELECT_HINT=0: off
+    "hint": os.environ.get("HATAC_SELECT_HINT", "1") != "0",
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 INTERP_BLOCKS = {"score": 64, "select": 128}  # block sizes under the interpreter (tests shrink them)
@@ -56,7 +67,7 @@ def _row_coords(row, S, Hkv):
 
 @triton.jit
 def _score_kernel(
-    qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr,
+    qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr, hint_ptr, hist2_ptr,
     S, Hkv, T, CHUNK, n_splits, window, sink, recent,
     sqb, sqh, sqs, sqw,
     skb, skh,
@@ -64,7 +75,7 @@ def _score_kernel(
     G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
     L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
     SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
-    PDL: tl.constexpr,
+    HINT: tl.constexpr, NFB: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -100,6 +111,10 @@ def _score_kernel(
 
     hist = tl.zeros((NCB,), dtype=tl.int32)
     n_out = 0
+    if HINT:  # fine histogram of the bin that held the threshold at the previous step
+        cb_hint = tl.load(hint_ptr + row * 3)
+        fine = tl.zeros((NFB,), dtype=tl.int32)
+        n_hint = 0
     k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
     key_base = keys_ptr + row.to(tl.int64) * T
     first = (start - c0) // BLOCK_T
@@ -130,18 +145,25 @@ def _score_kernel(
         tl.store(key_base + t, key, mask=t < T)  # whole block (this split's own slots): vector stores
         hist += tl.histogram(tl.where(inr, key >> SHIFT, 0), NCB)
         n_out += BLOCK_T - tl.sum(inr.to(tl.int32), axis=0)
+        if HINT:
+            in_hint = inr & ((key >> SHIFT) == cb_hint)
+            fine += tl.histogram(tl.where(in_hint, key & (NFB - 1), 0), NFB)
+            n_hint += BLOCK_T - tl.sum(in_hint.to(tl.int32), axis=0)
     bins = tl.arange(0, NCB)
     hist -= tl.where(bins == 0, n_out, 0)  # out-of-range lanes were counted in bin 0
     tl.store(hist_ptr + (row.to(tl.int64) * n_splits + split) * NCB + bins, hist)
+    if HINT:
+        fb = tl.arange(0, NFB)
+        tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine - tl.where(fb == 0, n_hint, 0))
 
 
 @triton.jit
 def _fine_kernel(
-    qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, n_splits1,
+    qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, hint_ptr, n_splits1,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
-    NSP1: tl.constexpr, BLOCK_T: tl.constexpr, PDL: tl.constexpr,
+    NSP1: tl.constexpr, BLOCK_T: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -166,6 +188,13 @@ def _fine_kernel(
     key_base = keys_ptr + row.to(tl.int64) * T
     first = (start - c0) // BLOCK_T
     last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    if HINT:  # same splits as the scoring pass, which histogrammed the hinted bin: nothing to scan on a hit
+        hit = tl.load(hint_ptr + row * 3) == cb
+        less_h1 = tl.sum(tl.sum(tl.where((sp[:, None] == split) & (bins[None, :] < cb), h1, 0), axis=1), axis=0)
+        less = tl.where(hit, less_h1, 0)
+        last = tl.where(hit, first, last)
+    else:
+        hit = row < 0  # never
     for i in range(first, last):
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
         inr = (t >= start) & (t < end)
@@ -178,17 +207,17 @@ def _fine_kernel(
         n_out += BLOCK_T - (cnt >> 16)
     fb = tl.arange(0, NFB)
     fine -= tl.where(fb == 0, n_out, 0)
-    tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine)
+    tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine, mask=fb < tl.where(hit, 0, NFB))
     tl.store(less_ptr + row * n_splits + split, less)
 
 
 @triton.jit
 def _write_kernel(
-    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr,
+    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -253,6 +282,10 @@ def _write_kernel(
         blk = tl.sum(cnt, axis=0)
         out_pos += (blk & 65535) + tl.minimum(blk >> 16, quota)
         eq_seen += blk >> 16
+    if HINT and split == 0:  # the bin for the next step's scoring pass; count this call and whether it hit
+        tl.store(hint_ptr + row * 3 + 1, tl.load(hint_ptr + row * 3 + 1) + (tl.load(hint_ptr + row * 3) == cb).to(tl.int32))
+        tl.store(hint_ptr + row * 3 + 2, tl.load(hint_ptr + row * 3 + 2) + 1)
+        tl.store(hint_ptr + row * 3, cb)
     if split == 0:
         for p0 in range(0, K, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
@@ -298,25 +331,74 @@ def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
 
 
 def score_keys(
-    q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, sink: int = 0, recent: int = 0, window: int = 0
+    q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, sink: int = 0, recent: int = 0, window: int = 0,
+    hint: torch.Tensor | None = None,
 ):
-    """Launch 1 alone: (keys (rows, T), coarse histograms, plan, n_splits, chunk). Keys outside a row's
-    valid range are left unwritten. Also the scoring half of the scores + torch.topk alternative."""
+    """Launch 1 alone: (keys (rows, T), coarse histograms, plan, n_splits, chunk, fine histograms). Keys
+    outside a row's valid range are left unwritten. Also the scoring half of the scores + torch.topk
+    alternative. With a ``hint`` (rows, 3) it also histograms the low bits of the keys in each row's hinted
+    coarse bin (the last element of the result; None without a hint)."""
     b, hq, s, nw = q_codes.shape
     k_codes, g, t, n_rows, p, keys = _prologue(q_codes, k_codes)
     hkv = k_codes.shape[1]
     block_t = _block_t(q_codes)
     n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["programs"], CONFIG["max_splits"])
     hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
+    hist2 = None if hint is None else torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=q_codes.device)
     _score_kernel[(n_rows, n_splits)](
-        q_codes, k_codes, q_pos, keys, hist1,
+        q_codes, k_codes, q_pos, keys, hist1, hist1 if hint is None else hint, hist1 if hint is None else hist2,
         s, hkv, t, chunk, n_splits, window, sink, recent,
         *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
         G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"],
         SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
-        num_warps=CONFIG["score_warps"], **pdl_args(q_codes),
+        HINT=hint is not None, NFB=p["NFB"], num_warps=CONFIG["score_warps"], **pdl_args(q_codes),
     )
-    return keys, hist1, p, n_splits, chunk
+    return keys, hist1, p, n_splits, chunk, hist2
+
+
+_HINTS: dict[tuple, torch.Tensor] = {}
+_MAX_HINTS = 1024  # distinct code caches with a hint; later ones select without (the buffers are never freed)
+
+
+def selection_hint(k_codes: torch.Tensor, n_rows: int) -> torch.Tensor | None:
+    """The selection hint of the code cache ``k_codes`` for ``n_rows`` query rows: (rows, 3) int32, the
+    coarse bin that held each row's threshold at the previous call, how many calls found it unchanged,
+    and how many calls there were.
+
+    Kept per (device, code-cache address, rows), so each layer of a static decode cache has its own and a
+    CUDA graph captured with it replays against the same buffer. A buffer is never freed (a captured graph
+    may hold it) and none is made during capture (None then: select without a hint). Only speed depends
+    on it: a stale one, as when a new cache reuses an old address, costs the full fine pass."""
+    key = (k_codes.device, k_codes.data_ptr(), n_rows)
+    buf = _HINTS.get(key)
+    if buf is None:
+        capturing = k_codes.is_cuda and torch.cuda.is_current_stream_capturing()
+        if capturing or len(_HINTS) >= _MAX_HINTS:
+            return None
+        buf = torch.zeros((n_rows, 3), dtype=torch.int32, device=k_codes.device)
+        buf[:, 0] = -1  # no bin yet
+        _HINTS[key] = buf
+    return buf
+
+
+def hint_hits(k_codes: torch.Tensor, n_rows: int) -> torch.Tensor | None:
+    """Per row, how many selections over ``k_codes`` found the threshold's coarse bin where the previous one
+    had it (a copy; None if the cache has no hint)."""
+    buf = _HINTS.get((k_codes.device, k_codes.data_ptr(), n_rows))
+    return None if buf is None else buf[:, 1].clone()
+
+
+def hint_stats(device: torch.device | str, reset: bool = False) -> dict:
+    """Hits and calls summed over every selection hint on ``device`` (what a benchmark reports as the hint's
+    hit rate); ``reset`` zeroes the counts afterwards, keeping the bins."""
+    hits = calls = 0
+    for (dev, _, _), buf in _HINTS.items():
+        if dev == torch.device(device):
+            hits += int(buf[:, 1].sum())
+            calls += int(buf[:, 2].sum())
+            if reset:
+                buf[:, 1:] = 0
+    return {"hits": hits, "calls": calls, "hit_rate": hits / calls if calls else None}
 
 
 def hamming_topk(
@@ -346,27 +428,33 @@ def hamming_topk(
     if t == 0:
         return out.fill_(-1)
     n_rows = b * hkv * s
-    keys, hist1, p, n_splits1, _ = score_keys(q_codes, k_codes, q_pos, sink, recent, window)
+    hint = selection_hint(k_codes, n_rows) if (CONFIG["hint"] and s == 1) else None
+    keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint)
     block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
-    n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+    if hint is not None:  # the scoring pass's splits: its fine histograms are per split
+        n_splits, chunk = n_splits1, chunk1
+    else:
+        n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
     nsp = next_pow2(n_splits)
     warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)
     dev = q_codes.device
-    hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
+    if hist2 is None:
+        hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
     less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
     cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
     is_frac, want_fixed, budget_bits = budget_args(budget)
     grid = (n_rows, n_splits)
     common = (s, hkv, t, k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
+    hint_arg = cb if hint is None else hint
     _fine_kernel[grid](
-        q_pos, keys, hist1, hist2, less, cb, n_splits1, *common,
+        q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
-        num_warps=warps, **pdl_args(q_codes),
+        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
     )
     _write_kernel[grid](
-        q_pos, keys, hist2, less, cb, out, *common,
+        q_pos, keys, hist2, less, cb, out, hint_arg, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        num_warps=warps, **pdl_args(q_codes),
+        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
     )
     return out
 

@@ -199,6 +199,48 @@ def test_hamming_topk_many_splits_interp(monkeypatch, distinct):
     _check_topk("cpu", 1, 2, 2, 2, 300, 2, 40, 40.0, 0, 0, 100, seed=12, distinct=distinct)
 
 
+def _check_hinted(device, monkeypatch=None):
+    """Decode-like repeated selections over one code cache: the second call with the same codes must find
+    every row's threshold bin where the first left it (the fine pass skips its scan), then hints set to
+    arbitrary bins must still give the reference's selection."""
+    mod = K["hamming_topk"]
+    gen = torch.Generator().manual_seed(21)
+    b, hkv, g, t, nw, k = 2, 2, 4, 330, 4, 24
+    kc = _codes((b, hkv, t, nw), device, gen, None)
+    pos = torch.tensor([[t - 1], [200]], device=device)
+    rows = b * hkv
+
+    def check(qc, budget=0.06):
+        out = torch.full((b, hkv, 1, k), POISON, dtype=torch.int32, device=device)
+        mod.hamming_topk(qc, kc, pos, k, budget, 1, 3, 0, out=out)
+        want = ref.hamming_topk(qc.cpu(), kc.cpu(), pos.cpu(), k, budget, 1, 3, 0)
+        assert torch.equal(out.cpu(), want), f"selection differs in {int((out.cpu() != want).sum())} places"
+
+    qc = _codes((b, hkv * g, 1, nw), device, gen, None)
+    check(qc)
+    assert mod.hint_hits(kc, rows).tolist() == [0] * rows  # no bin known at the first call
+    check(qc)
+    assert mod.hint_hits(kc, rows).tolist() == [1] * rows  # same codes: every row hits and skips its scan
+    for seed in range(2):
+        check(_codes((b, hkv * g, 1, nw), device, torch.Generator().manual_seed(seed), None))
+    hint = mod.selection_hint(kc, rows)
+    for seed in range(3):  # arbitrary hinted bins, some equal to the true one: exact either way
+        hint[:, 0] = torch.randint(-1, 9, (rows,), generator=torch.Generator().manual_seed(seed)).to(device)
+        check(qc, budget=0.1)
+    if monkeypatch is not None:  # switched off: selections leave the hint alone
+        before = hint.clone()
+        monkeypatch.setitem(mod.CONFIG, "hint", False)
+        check(qc)
+        assert torch.equal(hint, before)
+
+
+@interp
+def test_hamming_topk_selection_hint_interp(monkeypatch):
+    mod = K["hamming_topk"]
+    monkeypatch.setitem(mod.INTERP_BLOCKS, "score", 32)  # many splits a row
+    _check_hinted("cpu", monkeypatch)
+
+
 TOPK_GPU = [
     (8, 8, 4, 1, 32768, 4, 1024, 0.03125, 0, 0, 0),
     (1, 8, 4, 1, 70000, 4, 1094, 0.015625, 4, 64, 0),
@@ -216,6 +258,12 @@ TOPK_GPU = [
 def test_hamming_topk_gpu(case):
     _check_topk("cuda", *case, seed=0)
     _check_topk("cuda", *case, seed=7, distinct=5)  # many ties
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_hamming_topk_selection_hint_gpu():
+    _check_hinted("cuda")
 
 
 def _counters_zero(owner):
