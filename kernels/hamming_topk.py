@@ -392,8 +392,11 @@ def hint_stats(device: torch.device | str, reset: bool = False) -> dict:
     """Hits and calls summed over every selection hint on ``device`` (what a benchmark reports as the hint's
     hit rate); ``reset`` zeroes the counts afterwards, keeping the bins."""
     hits = calls = 0
+    want = torch.device(device)
+    if want.type == "cuda" and want.index is None:
+        want = torch.device("cuda", torch.cuda.current_device())
     for (dev, _, _), buf in _HINTS.items():
-        if dev == torch.device(device):
+        if dev == want:
             hits += int(buf[:, 1].sum())
             calls += int(buf[:, 2].sum())
             if reset:

@@ -221,6 +221,8 @@ def _check_hinted(device, monkeypatch=None):
     assert mod.hint_hits(kc, rows).tolist() == [0] * rows  # no bin known at the first call
     check(qc)
     assert mod.hint_hits(kc, rows).tolist() == [1] * rows  # same codes: every row hits and skips its scan
+    stats = mod.hint_stats(device)
+    assert stats["hits"] >= rows and stats["calls"] >= 2 * rows
     for seed in range(2):
         check(_codes((b, hkv * g, 1, nw), device, torch.Generator().manual_seed(seed), None))
     hint = mod.selection_hint(kc, rows)
