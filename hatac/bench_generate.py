@@ -240,7 +240,8 @@ def table(rows: list[dict]) -> str:
 def merge(paths: list[str | Path], out_dir: str | Path, say=print) -> dict:
     """Join the rows of several runs' bench_generate.json (one sweep split over several calls, e.g. one per
     batch size to stay under a time limit) into one JSON, table and plot. The runs must come from the same
-    device, layer count and compile setting, and no (variant, batch, context) may appear twice."""
+    device, layer count, compile setting and kernel settings (programmatic dependent launch, the select's
+    hint), and no (variant, batch, context) may appear twice."""
     from hatac.errors import HatacError
 
     runs = []
@@ -249,7 +250,7 @@ def merge(paths: list[str | Path], out_dir: str | Path, say=print) -> dict:
         if not f.is_file():
             raise HatacError(f"no bench_generate.json at {p}")
         runs.append((f, json.loads(f.read_text())))
-    keys = ("device", "layers", "compile")
+    keys = ("device", "layers", "compile", "programmatic_dependent_launch", "select_hint")
     for f, run in runs:
         if run.get("partial"):
             raise HatacError(f"{f} is a partial run (it stopped before the end); rerun it or leave it out")
