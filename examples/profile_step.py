@@ -12,15 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 
-import sys
-
 import torch
 
-import hatac.kernels  # noqa: F401
-
-ENC = sys.modules["hatac.kernels.hash_encode"]
-SEL = sys.modules["hatac.kernels.hamming_topk"]
-ATT = sys.modules["hatac.kernels.sparse_attention"]
+from hatac.bench_kernels import _kernels, decode_problem
 
 
 def main() -> None:
@@ -30,19 +24,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    b, t, k, hq, hkv, d, r = args.batch, args.context, args.k, 32, 8, 128, 128
-    torch.manual_seed(0)
-    kc = torch.randn(b, hkv, t, d, device="cuda", dtype=torch.bfloat16)
-    vc = torch.randn_like(kc)
-    q = torch.randn(b, hq, 1, d, device="cuda", dtype=torch.bfloat16)
-    kn = torch.randn(b, hkv, 1, d, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(hkv, d, r, device="cuda")
-    codes = ENC.hash_encode(kc, w)
-    pos = torch.full((b, 1), t - 1, device="cuda")
+    enc, sel, att = _kernels()
+    q, kn, kc, vc, w, codes, pos = decode_problem(args.batch, args.context)
     for _ in range(args.repeat):
-        qc = ENC.hash_encode_step(q, kn, w, codes, pos)
-        idx = SEL.hamming_topk(qc, codes, pos, k, float(k))
-        ATT.sparse_attention(q, kc, vc, idx, 1 / math.sqrt(d))
+        qc = enc.hash_encode_step(q, kn, w, codes, pos)
+        idx = sel.hamming_topk(qc, codes, pos, args.k, float(args.k))
+        att.sparse_attention(q, kc, vc, idx, 1 / math.sqrt(q.shape[-1]))
     torch.cuda.synchronize()
 
 

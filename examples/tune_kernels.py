@@ -16,12 +16,13 @@ import json
 import math
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 import hatac.kernels  # noqa: F401
 from hatac import reference as ref
-from hatac.bench_kernels import _graph_bench
+from hatac.bench_kernels import _graph_bench, decode_problem
 
 ENC = sys.modules["hatac.kernels.hash_encode"]
 SEL = sys.modules["hatac.kernels.hamming_topk"]
@@ -47,26 +48,6 @@ def _sweep(cfg: dict, grid: dict, fn, keep: int = 4) -> list:
         cfg.clear()
         cfg.update(base)
     return sorted(out, key=lambda x: x[0])[:keep]
-
-
-def _no_pdl(measure):
-    """measure() with programmatic dependent launch switched off (the kernels recompile without it)."""
-    was = COMMON.PDL["enabled"]
-    COMMON.PDL["enabled"] = False
-    try:
-        return measure()
-    finally:
-        COMMON.PDL["enabled"] = was
-
-
-def _no_hint(measure):
-    """measure() with the selection hint switched off (every step runs the full fine pass)."""
-    was = SEL.CONFIG["hint"]
-    SEL.CONFIG["hint"] = False
-    try:
-        return measure()
-    finally:
-        SEL.CONFIG["hint"] = was
 
 
 def kernel_times(fn, iters: int = 20) -> dict:
@@ -101,13 +82,7 @@ def main() -> None:
     report = []
     for b, t, budget in [SHAPES[i] for i in args.only] if args.only else SHAPES:
         k = ref.topk_width(t, budget)
-        kc = torch.randn(b, hkv, t, d, device="cuda", dtype=torch.bfloat16)
-        vc = torch.randn_like(kc)
-        q = torch.randn(b, hq, 1, d, device="cuda", dtype=torch.bfloat16)
-        kn = torch.randn(b, hkv, 1, d, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(hkv, d, r, device="cuda")
-        codes = ENC.hash_encode(kc, w)
-        pos = torch.full((b, 1), t - 1, device="cuda")
+        q, kn, kc, vc, w, codes, pos = decode_problem(b, t, hq, hkv, d, r)
         qc = ENC.hash_encode_step(q, kn, w, codes, pos)
         idx = SEL.hamming_topk(qc, codes, pos, k, budget)
         scale = 1 / math.sqrt(d)
@@ -124,9 +99,11 @@ def main() -> None:
             "select": _us(lambda: SEL.hamming_topk(qc, codes, pos, k, budget)),
             "attention": _us(lambda: ATT.sparse_attention(q, kc, vc, idx, scale)),
             "total": _us(step),
-            "total_no_pdl": _no_pdl(lambda: _us(step)),
-            "total_no_hint": _no_hint(lambda: _us(step)),
         }
+        with mock.patch.dict(COMMON.PDL, {"enabled": False}):  # the kernels recompile without it
+            entry["graph_us"]["total_no_pdl"] = _us(step)
+        with mock.patch.dict(SEL.CONFIG, {"hint": False}):  # every step runs the full fine pass
+            entry["graph_us"]["total_no_hint"] = _us(step)
         hint = SEL.selection_hint(codes, b * hkv)
         if hint is not None:  # a graph replays the same query, so the hint always hits; make it miss every time
             reset = lambda: hint[:, 0].fill_(-1)  # noqa: E731

@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -59,18 +60,6 @@ def _graph_bench(fn) -> float:
     with torch.cuda.graph(graph):
         fn()
     return _bench(graph.replay)
-
-
-def _without_hint(sel, measure):
-    """measure() with the select's hint off. A graph replays one query, so with the hint on every replay
-    finds the threshold's bin where the last left it (the fine pass skips its scan): the best case. Off,
-    every step runs the full fine pass: the worst case, short of the hint's extra scoring work on a miss."""
-    was = sel.CONFIG["hint"]
-    sel.CONFIG["hint"] = False
-    try:
-        return measure()
-    finally:
-        sel.CONFIG["hint"] = was
 
 
 def _pdl_on() -> bool:
@@ -183,16 +172,24 @@ def _torch_topk_select(sel, qc, codes, pos, k):
     return torch.sort(idx, dim=-1).values
 
 
+def decode_problem(b: int, t: int, hq: int = 32, hkv: int = 8, d: int = 128, r: int = 128, dt=torch.bfloat16,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """One layer's decode step on random caches full to ``t`` slots, on ``DEVICE``: (q, new key, K cache,
+    V cache, W, key codes, q_pos). Shared by this benchmark and the scripts in examples/ that time or
+    profile the same step."""
+    enc, _, _ = _kernels()
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    kc = torch.randn(b, hkv, t, d, device=DEVICE, dtype=dt, generator=gen)
+    vc = torch.randn(b, hkv, t, d, device=DEVICE, dtype=dt, generator=gen)
+    q = torch.randn(b, hq, 1, d, device=DEVICE, dtype=dt, generator=gen)
+    kn = torch.randn(b, hkv, 1, d, device=DEVICE, dtype=dt, generator=gen)
+    w = torch.randn(hkv, d, r, device=DEVICE, generator=gen)
+    pos = torch.full((b, 1), t - 1, device=DEVICE, dtype=torch.int64)
+    return q, kn, kc, vc, w, enc.hash_encode(kc, w), pos
+
+
 def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, gather=None) -> tuple[list[dict], float]:
-    gen = torch.Generator(device=DEVICE).manual_seed(t + b)
-    dev = DEVICE
-    kc = torch.randn(b, hkv, t, d, device=dev, dtype=dt, generator=gen)
-    vc = torch.randn(b, hkv, t, d, device=dev, dtype=dt, generator=gen)
-    q = torch.randn(b, hq, 1, d, device=dev, dtype=dt, generator=gen)
-    kn = torch.randn(b, hkv, 1, d, device=dev, dtype=dt, generator=gen)
-    w = torch.randn(hkv, d, r, device=dev, generator=gen)
-    codes = enc.hash_encode(kc, w)
-    pos = torch.full((b, 1), t - 1, device=dev, dtype=torch.int64)
+    q, kn, kc, vc, w, codes, pos = decode_problem(b, t, hq, hkv, d, r, dt, seed=t + b)
     scale = 1 / math.sqrt(d)
     dense = lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True)  # noqa: E731
     if dense_ms is None:
@@ -223,7 +220,11 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, gat
             "attention": _graph_bench(lambda: att.sparse_attention(q, kc, vc, idx, scale)),
         }
         total = _graph_bench(step)
-        total_no_hint = _without_hint(sel, lambda: _graph_bench(step))
+        # A graph replays one query, so with the select's hint on every replay finds the threshold's bin where
+        # the last left it (the fine pass skips its scan): the best case. Off, every step runs the full fine
+        # pass: the worst case, short of the hint's extra scoring work on a miss.
+        with mock.patch.dict(sel.CONFIG, {"hint": False}):
+            total_no_hint = _graph_bench(step)
         total_plain = _bench(step)
         nw = r // 32
         floor_bytes = (

@@ -381,13 +381,6 @@ def selection_hint(k_codes: torch.Tensor, n_rows: int) -> torch.Tensor | None:
     return buf
 
 
-def hint_hits(k_codes: torch.Tensor, n_rows: int) -> torch.Tensor | None:
-    """Per row, how many selections over ``k_codes`` found the threshold's coarse bin where the previous one
-    had it (a copy; None if the cache has no hint)."""
-    buf = _HINTS.get((k_codes.device, k_codes.data_ptr(), n_rows))
-    return None if buf is None else buf[:, 1].clone()
-
-
 def hint_stats(device: torch.device | str, reset: bool = False) -> dict:
     """Hits and calls summed over every selection hint on ``device`` (what a benchmark reports as the hint's
     hit rate); ``reset`` zeroes the counts afterwards, keeping the bins."""
