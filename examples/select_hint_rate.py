@@ -66,8 +66,12 @@ def main() -> None:
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
     layers = list(range(args.dense_layers, cfg.num_hidden_layers))
     if args.weights:
+        from pathlib import Path
+
         from hatac.evaluation.learned import load_weights
 
+        if not Path(args.weights).is_file():
+            raise SystemExit(f"--weights {args.weights}: no such file")
         weights = load_weights(args.weights)
         if weights[layers[0]].shape[0] != hkv:
             raise SystemExit(f"{args.weights}: W has {weights[layers[0]].shape[0]} heads, the model {hkv} KV heads")

@@ -134,7 +134,7 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, pro
     step = StaticDecodeStep(hm, cache, compile=compile, cuda_graph=True)
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
-    hints = _hint_stats(reset=True)  # count the timed steps only
+    _hint_stats(reset=True)  # count the timed steps only
     step_ms, _ = time_steps(step, logits[:, -1:].argmax(-1), steps)
     hints = _hint_stats(reset=True)
     prof = profile_step(step) if profile else None
