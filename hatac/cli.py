@@ -344,6 +344,7 @@ def bench_generate(
     layers: int = typer.Option(32, help="Decoder layers of the Llama-3-8B-shaped model."),
     compile: bool = typer.Option(True, help="torch.compile the decode step before CUDA-graph capture."),
     profile: bool = typer.Option(False, help="Also print each point's GPU time per kernel of one step (torch profiler)."),
+    fuse_linears: bool = typer.Option(True, help="Convert with the recipe's fuse_linears (q/k/v and gate/up as one GEMM each); --no-fuse-linears for the separate GEMMs."),
     merge: List[Path] = typer.Option([], "--merge", help="Measure nothing: join these runs' bench_generate.json into -o (repeat the flag)."),
 ):
     """Decode tokens/s of a Llama-3-8B-shaped model with random weights: hatac against dense, one run."""
@@ -357,7 +358,7 @@ def bench_generate(
         _need_cuda()
         from hatac.bench_generate import run as bench
 
-        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress, profile=profile)
+        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress, profile=profile, fuse_linears=fuse_linears)
 
     _run(run)
 

@@ -34,6 +34,10 @@ class HataConfig:
     # Decode graphs encode the query and the new key in one op that also writes the key's code
     # (hatac.passes.fusions.FuseEncodeStep): one kernel a layer instead of three. Same values.
     fuse_encode: bool = True
+    # Linears that share an input (q/k/v, gate/up) run as one GEMM on their stacked weight
+    # (hatac.passes.sibling_linears.FuseSiblingLinears): fewer, larger GEMMs at decode. Same math; the
+    # stacked GEMM may round differently in the last bits.
+    fuse_linears: bool = True
     version: int = 1
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 Order: find sites -> see through GQA repeats -> per-layer policy -> [user passes, position
 "before_rewrite": change policies] -> add cache inputs -> rewrite -> [user passes, position
-"after_rewrite": rework hatac ops] -> dead-code elimination (always last).
+"after_rewrite": rework hatac ops] -> stack sibling linears -> dead-code elimination (always last).
 """
 
 from __future__ import annotations
@@ -22,17 +22,19 @@ from hatac.passes.layer_policy import AssignLayerPolicy
 from hatac.passes.observe import ExposeQueriesKeys
 from hatac.passes.repeat_kv import StripRepeatKV
 from hatac.passes.rewrite_attention import RewriteDenseAttention, RewriteHashedAttention
+from hatac.passes.sibling_linears import FuseSiblingLinears
 
 BEFORE_REWRITE = "before_rewrite"
 AFTER_REWRITE = "after_rewrite"
 POSITIONS = (BEFORE_REWRITE, AFTER_REWRITE)
 
 
-def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False) -> list[PassBase]:
+def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False, fuse_linears: bool = False) -> list[PassBase]:
     """hatac's passes with ``user_passes`` slotted in by their ``position`` attribute (default before_rewrite).
 
     ``fuse_encode`` (the recipe's setting) adds the built-in FuseEncodeStep fusion ahead of user passes
-    placed after the rewrite."""
+    placed after the rewrite; ``fuse_linears`` adds FuseSiblingLinears after them (user passes see the
+    model's own projections)."""
     before, after = [], []
     for p in user_passes:
         position = getattr(p, "position", BEFORE_REWRITE)
@@ -50,6 +52,7 @@ def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False) 
         ExposeQueriesKeys(),
         *([FuseEncodeStep()] if fuse_encode else []),
         *after,
+        *([FuseSiblingLinears()] if fuse_linears else []),
         EliminateDeadCode(),
     ]
 
