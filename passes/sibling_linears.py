@@ -127,8 +127,10 @@ class FuseSiblingLinears(PassBase):
             split.meta["val"] = list(vals)
             for attr, name in zip(attrs, names):
                 attr.meta["val"] = mode.from_tensor(getattr(gm, name), static_shapes=True)
+        for key in ("nn_module_stack", "hatac_layer", "stack_trace"):  # placed in the first linear's layer
+            if key in first.meta:
+                fused.meta[key] = split.meta[key] = first.meta[key]
         for node, out in zip(nodes, outs):
-            out.meta.update({k: v for k, v in node.meta.items()})
-            fused.meta.setdefault("nn_module_stack", node.meta.get("nn_module_stack", {}))
+            out.meta.update(node.meta)
             node.replace_all_uses_with(out)
             graph.erase_node(node)
