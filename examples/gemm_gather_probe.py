@@ -18,17 +18,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-
-def graph_ms(fn) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return triton.testing.do_bench(g.replay, return_mode="median")
+from hatac.bench_kernels import _graph_bench as graph_ms, gather_kernel
 
 
 def gemms(batches=(1, 4, 8)) -> None:
@@ -54,42 +44,10 @@ def gemms(batches=(1, 4, 8)) -> None:
         del ws, wf
 
 
-@triton.jit
-def _gather_two(k_ptr, v_ptr, rows_ptr, out_ptr, K, CHUNK, D: tl.constexpr, BLOCK_N: tl.constexpr):
-    row = tl.program_id(0)
-    piece = tl.program_id(1)
-    d = tl.arange(0, D)
-    acc = tl.zeros((BLOCK_N, D), tl.float32)
-    hi = tl.minimum(piece * CHUNK + CHUNK, K)
-    for n0 in range(piece * CHUNK, hi, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        r = tl.load(rows_ptr + row.to(tl.int64) * K + n, mask=n < hi, other=-1)
-        m = (r >= 0)[:, None]
-        acc += tl.load(k_ptr + r[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
-        acc += tl.load(v_ptr + r[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * tl.num_programs(1) + piece, tl.sum(tl.sum(acc, axis=1), axis=0))
-
-
-@triton.jit
-def _gather_pair(kv_ptr, rows_ptr, out_ptr, K, CHUNK, D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """K at kv[r, 0, :], V at kv[r, 1, :]: one 2*D row a token."""
-    row = tl.program_id(0)
-    piece = tl.program_id(1)
-    d = tl.arange(0, D)
-    acc = tl.zeros((BLOCK_N, D), tl.float32)
-    hi = tl.minimum(piece * CHUNK + CHUNK, K)
-    for n0 in range(piece * CHUNK, hi, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        r = tl.load(rows_ptr + row.to(tl.int64) * K + n, mask=n < hi, other=-1)
-        m = (r >= 0)[:, None]
-        acc += tl.load(kv_ptr + r[:, None] * (2 * D) + d[None, :], mask=m, other=0.0).to(tl.float32)
-        acc += tl.load(kv_ptr + r[:, None] * (2 * D) + D + d[None, :], mask=m, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * tl.num_programs(1) + piece, tl.sum(tl.sum(acc, axis=1), axis=0))
-
-
 def gathers(points=((8, 32768, 1024), (8, 32768, 512), (8, 131072, 2048), (1, 131072, 2048))) -> None:
     dt = torch.bfloat16
     hkv, d = 8, 128
+    gather = gather_kernel()
     print(f"{'B':>2} {'T':>7} {'k':>5} {'two caches us':>14} {'TB/s':>5} {'K|V rows us':>12} {'TB/s':>5} {'ratio':>6}")
     for b, t, k in points:
         kc = torch.randn(b * hkv * t, d, device="cuda", dtype=dt)
@@ -108,10 +66,9 @@ def gathers(points=((8, 32768, 1024), (8, 32768, 512), (8, 131072, 2048), (1, 13
                     chunk = triton.cdiv(triton.cdiv(k, pieces), block) * block
                     pieces = triton.cdiv(k, chunk)
                     out = torch.empty(b * hkv * pieces, device="cuda")
-                    if name == "two":
-                        fn = lambda: _gather_two[(b * hkv, pieces)](kc, vc, rows, out, k, chunk, D=d, BLOCK_N=block, num_warps=4)  # noqa: E731
-                    else:
-                        fn = lambda: _gather_pair[(b * hkv, pieces)](kv, rows, out, k, chunk, D=d, BLOCK_N=block, num_warps=4)  # noqa: E731
+                    # separate caches: rows of D; side by side: rows of 2 D, V at an offset of D
+                    kp, vp, row = (kc, vc, d) if name == "two" else (kv[:, 0], kv[:, 1], 2 * d)
+                    fn = lambda: gather[(b * hkv, pieces)](kp, vp, rows, out, k, chunk, row, D=d, BLOCK_N=block, num_warps=4)  # noqa: E731
                     best = min(best, graph_ms(fn))
             res[name] = best
         two, pair = res["two"], res["pair"]

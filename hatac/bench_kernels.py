@@ -14,6 +14,8 @@ references. Results go to ``out_dir`` as JSON and a PNG plot.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import platform
@@ -116,15 +118,17 @@ def check(seed: int = 0) -> dict:
     return res
 
 
-def _gather_probe():
-    """A Triton kernel that only reads gathered cache rows (sums them into one float a program): the time a
-    plain gather of the selected K and V rows takes on this GPU, the part of the memory floor that copy
-    bandwidth overstates (random 256-byte rows are not a stream)."""
+@functools.cache
+def gather_kernel():
+    """A Triton kernel that only reads gathered cache rows (sums them into one float a program): what a
+    plain gather of the selected K and V rows costs on this GPU. K row ``r`` at ``k_ptr + r * ROW``, V row
+    at ``v_ptr + r * ROW`` (``ROW`` = D for separate caches; examples/gemm_gather_probe.py also times a
+    layout with a token's K and V side by side, ``ROW`` = 2 D)."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def _gather_sum(k_ptr, v_ptr, rows_ptr, out_ptr, K, CHUNK, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _gather_sum(k_ptr, v_ptr, rows_ptr, out_ptr, K, CHUNK, ROW, D: tl.constexpr, BLOCK_N: tl.constexpr):
         row = tl.program_id(0)
         piece = tl.program_id(1)
         d = tl.arange(0, D)
@@ -134,9 +138,19 @@ def _gather_probe():
             n = n0 + tl.arange(0, BLOCK_N)
             r = tl.load(rows_ptr + row.to(tl.int64) * K + n, mask=n < hi, other=-1)
             m = (r >= 0)[:, None]
-            acc += tl.load(k_ptr + r[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
-            acc += tl.load(v_ptr + r[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
+            acc += tl.load(k_ptr + r[:, None] * ROW + d[None, :], mask=m, other=0.0).to(tl.float32)
+            acc += tl.load(v_ptr + r[:, None] * ROW + d[None, :], mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * tl.num_programs(1) + piece, tl.sum(tl.sum(acc, axis=1), axis=0))
+
+    return _gather_sum
+
+
+def _gather_probe():
+    """The time a plain gather of the selected K and V rows takes, the part of the memory floor that copy
+    bandwidth overstates (random 256-byte rows are not a stream)."""
+    import triton
+
+    _gather_sum = gather_kernel()
 
     def gather_ms(kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) -> float:
         b, hkv, t, d = kc.shape
@@ -150,7 +164,7 @@ def _gather_probe():
             chunk = triton.cdiv(triton.cdiv(k, pieces), 64) * 64
             pieces = triton.cdiv(k, chunk)
             out = torch.empty(b * hkv * pieces, device=kc.device)
-            launch = lambda: _gather_sum[(b * hkv, pieces)](kc, vc, rows, out, k, chunk, D=d, BLOCK_N=64, num_warps=4)  # noqa: E731
+            launch = lambda: _gather_sum[(b * hkv, pieces)](kc, vc, rows, out, k, chunk, d, D=d, BLOCK_N=64, num_warps=4)  # noqa: E731
             best = min(best, _graph_bench(launch))
         return best
 

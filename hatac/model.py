@@ -17,6 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from hatac import reference
 from hatac.cache import HataCache
 from hatac.config import HataConfig
+from hatac.errors import HatacError
 from hatac.graphs import HataGraphs
 from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
 
@@ -174,6 +175,20 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
                 capacity = -(-capacity // self.capacity_bucket) * self.capacity_bucket
             kwargs["past_key_values"] = self.new_cache(capacity=capacity, static=static)
         return super().generate(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Refuse ``.to()``/``.cuda()``/``.half()`` to another device or dtype: torch.export baked the
+        capture's device and dtype into the graphs (factory calls, metadata checks), so a moved model would
+        fail deep inside them. Moves that change nothing pass."""
+        p = next(self.hf_model.parameters(), None) if "hf_model" in self._modules else None
+        if p is not None and "graphs" in self._modules:
+            probe = fn(torch.empty(0, dtype=p.dtype, device=p.device))
+            if isinstance(probe, torch.Tensor) and (probe.device != p.device or probe.dtype != p.dtype):
+                raise HatacError(
+                    f"a converted model runs on the device and dtype it was captured on ({p.device}, {p.dtype}); "
+                    f"load it there instead: hatac.load(folder, device=..., dtype=...), or convert the model after moving it"
+                )
+        return super()._apply(fn, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.hf_model.get_input_embeddings()

@@ -7,9 +7,9 @@ save ~1 us (``python examples/gemm_gather_probe.py --only gemm``).
 
 No weight is copied for good: the stacked weight is built once and the model's own parameters become
 row views of it (so ``state_dict``, ``save_pretrained`` and every other graph of the model see the same
-tensors, and a graph built later finds them already adjacent and stacks them as a view). Moving the
-model to another device afterwards turns the views back into separate tensors (the stacked buffer moves
-too, so results stay right, at the cost of holding those weights twice).
+tensors, and a graph built later finds them already adjacent and stacks them as a view). A converted model
+is not moved afterwards (its captured graphs hold their device and dtype; ``HataForCausalLM`` refuses
+moves), so the views stay views.
 """
 
 from __future__ import annotations
@@ -107,8 +107,7 @@ class FuseSiblingLinears(PassBase):
         if len(nodes[0].args) > 2:
             parts.append([_tensor(gm, n.args[2]) for n in nodes])
         for tensors in parts:
-            i = sum(1 for name, _ in gm.named_buffers() if name.startswith(PREFIX))
-            name = f"{PREFIX}_{i}"
+            name = f"{PREFIX}_{sum(1 for n, _ in gm.named_buffers() if n.startswith(PREFIX))}"
             gm.register_buffer(name, stack_rows(tensors), persistent=False)
             names.append(name)
         x = nodes[0].args[0]
@@ -134,3 +133,4 @@ class FuseSiblingLinears(PassBase):
             out.meta.update(node.meta)
             node.replace_all_uses_with(out)
             graph.erase_node(node)
+

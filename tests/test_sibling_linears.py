@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import hatac
+from hatac.errors import HatacError
 from hatac.passes.sibling_linears import PREFIX, stack_rows
 from models import tiny_model
 
@@ -87,3 +88,13 @@ def test_saved_artifact_keeps_every_weight_and_loads_equal(tmp_path):
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, hm(ids).logits, rtol=0, atol=0)
+
+
+def test_a_converted_model_refuses_to_move_with_a_clear_error():
+    hm = hatac.convert(tiny_model("llama"), hatac.HataConfig(**CFG))
+    hm.to("cpu")  # a move that changes nothing is fine
+    hm.to(torch.float32)
+    for move in (lambda: hm.to(torch.bfloat16), lambda: hm.half(), lambda: hm.to("meta")):
+        with pytest.raises(HatacError, match="captured on"):
+            move()
+    assert hm.hf_model.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32  # refused before moving
