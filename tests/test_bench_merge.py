@@ -16,10 +16,10 @@ def _row(variant, batch, ctx, step, dense_step):
             "tokens_per_s": batch * 1e3 / step}  # fmt: skip
 
 
-def _run_file(folder, rows, device="NVIDIA H100 80GB HBM3", partial=False, hint=True):
+def _run_file(folder, rows, device="NVIDIA H100 80GB HBM3", partial=False, hint=True, stacked=True):
     folder.mkdir(parents=True)
     body = {"partial": True, "rows": rows} if partial else {"device": device, "layers": 32, "compile": True, "steps": 16,
-                                                            "select_hint": hint, "rows": rows}  # fmt: skip
+                                                            "select_hint": hint, "fuse_linears": stacked, "rows": rows}  # fmt: skip
     (folder / "bench_generate.json").write_text(json.dumps(body))
     return folder
 
@@ -42,7 +42,8 @@ def test_merge_refuses_mismatched_duplicate_or_partial_runs(tmp_path):
     dup = _run_file(tmp_path / "dup", [_row("dense", 1, 8192, 5.1, 5.1)])
     part = _run_file(tmp_path / "part", [_row("dense", 8, 8192, 5.0, 5.0)], partial=True)
     no_hint = _run_file(tmp_path / "nohint", [_row("dense", 8, 8192, 5.0, 5.0)], hint=False)
-    for bad, pattern in ((other, "device"), (dup, "in both"), (part, "partial"), (no_hint, "select_hint"),
+    separate = _run_file(tmp_path / "separate", [_row("dense", 8, 8192, 5.0, 5.0)], stacked=False)
+    for bad, pattern in ((other, "device"), (dup, "in both"), (part, "partial"), (no_hint, "select_hint"), (separate, "fuse_linears"),
                          (tmp_path / "missing", "no bench_generate.json")):  # fmt: skip
         res = CliRunner().invoke(app, ["bench", "generate", "--merge", str(a), "--merge", str(bad), "-o", str(tmp_path / "o")])
         assert res.exit_code != 0 and pattern in res.output, res.output
