@@ -88,7 +88,7 @@ class FuseSiblingLinears(PassBase):
         used = set()
         modified = False
         for nodes in groups.values():
-            weights = [node.args[1] for node in nodes]
+            weights = [str(node.args[1].target) for node in nodes]
             if len(nodes) < 2 or len(set(weights)) != len(weights) or used & set(weights):
                 continue  # one linear, a weight used twice, or a weight already stacked in another group
             used |= set(weights)
@@ -111,7 +111,7 @@ class FuseSiblingLinears(PassBase):
             gm.register_buffer(name, stack_rows(tensors), persistent=False)
             names.append(name)
         x = nodes[0].args[0]
-        first = min(nodes, key=lambda n: list(gm.graph.nodes).index(n))
+        first = nodes[0]  # groups are collected in graph order
         graph = gm.graph
         with graph.inserting_before(first):
             attrs = [graph.get_attr(name) for name in names]
