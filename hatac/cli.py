@@ -51,7 +51,7 @@ def _progress(msg: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
 
 
-def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto"):
+def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto", fuse_encode: bool = True, fuse_linears: bool = True):
     import torch
 
     from hatac import artifact, distributed
@@ -60,7 +60,8 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     from hatac.converter import convert
     from hatac.passes.pipeline import load_pass, pass_spec
 
-    config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed, calib_effort=calib_effort)
+    config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed, calib_effort=calib_effort,
+                        fuse_encode=fuse_encode, fuse_linears=fuse_linears)
     dev = artifact.parse_device(device)
     group = None
     if distributed.launched():  # torchrun: one process a GPU, layers calibrated in parallel, rank 0 writes
@@ -118,9 +119,12 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     max_calib_tokens: int = typer.Option(16384, help="Cut each calibration sample to this many tokens."),
     calib_effort: str = typer.Option("auto", help="Learned-hash training effort: auto (full on GPU, fast on CPU), fast, full."),
+    fuse_encode: bool = typer.Option(True, help="Decode graphs encode the query and the new key in one hash_encode_step op."),
+    fuse_linears: bool = typer.Option(True, help="Linears that share an input (q/k/v, gate/up) run as one GEMM on their stacked weight."),
 ):
     """Convert MODEL into a HATA model artifact."""
-    _run(_convert, model, calib, output, rbits, budget, dense_layers, sink, recent, hash, seed, device, dtype, passes, overwrite, max_calib_tokens, calib_effort)
+    _run(_convert, model, calib, output, rbits, budget, dense_layers, sink, recent, hash, seed, device, dtype, passes, overwrite, max_calib_tokens, calib_effort,
+         fuse_encode, fuse_linears)
 
 
 def _inspect(path: Path, graph: bool):

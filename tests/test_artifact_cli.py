@@ -68,6 +68,18 @@ def test_inspect_and_generate(artifact):
     assert code == 0, output
 
 
+def test_fusions_can_be_turned_off_and_replay(llama_dir, calib_file, tmp_path):
+    out = tmp_path / "separate"
+    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", out, "--rbits", 64, "--hash", "random", "--no-fuse-linears", "--no-fuse-encode")
+    assert code == 0, output
+    recipe = json.loads((out / MANIFEST_NAME).read_text())["recipe"]
+    assert recipe["fuse_linears"] is False and recipe["fuse_encode"] is False
+    loaded = hatac.load(out, device="cpu")
+    targets = [n.target for n in loaded.decode_graph.graph.nodes]
+    assert torch.ops.aten.split_with_sizes.default not in targets and torch.ops.hatac.hash_encode_step.default not in targets
+    assert targets.count(torch.ops.aten.linear.default) == 7 * loaded.config.num_hidden_layers + 1  # and lm_head
+
+
 def test_missing_model(tmp_path, calib_file):
     code, output = _cli("convert", tmp_path / "nope", "--calib", calib_file, "-o", tmp_path / "o")
     _assert_one_line_error(code, output, "does not exist")
