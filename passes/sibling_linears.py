@@ -65,6 +65,11 @@ def stack_rows(ts: list[torch.Tensor]) -> torch.Tensor:
     return stacked
 
 
+def _module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
+
+
 def _fake_val(node: fx.Node):
     return node.meta.get("val") if isinstance(node, fx.Node) else None
 
@@ -113,9 +118,10 @@ class FuseSiblingLinears(PassBase):
         x = nodes[0].args[0]
         first = nodes[0]  # groups are collected in graph order
         graph = gm.graph
+        leaves = [_module_path(n).rpartition(".")[2] or "linear" for n in nodes]
         with graph.inserting_before(first):
             attrs = [graph.get_attr(name) for name in names]
-            fused = graph.call_function(aten.linear.default, (x, *attrs))
+            fused = graph.create_node("call_function", aten.linear.default, (x, *attrs), name="_".join(["stacked", *leaves]))
             split = graph.call_function(aten.split_with_sizes.default, (fused, sizes, -1))
             outs = [graph.call_function(operator.getitem, (split, i)) for i in range(len(nodes))]
         vals = [_fake_val(n) for n in nodes]
@@ -126,9 +132,13 @@ class FuseSiblingLinears(PassBase):
             split.meta["val"] = list(vals)
             for attr, name in zip(attrs, names):
                 attr.meta["val"] = mode.from_tensor(getattr(gm, name), static_shapes=True)
-        for key in ("nn_module_stack", "hatac_layer", "stack_trace"):  # placed in the first linear's layer
+        for key in ("hatac_layer", "stack_trace"):
             if key in first.meta:
                 fused.meta[key] = split.meta[key] = first.meta[key]
+        stacks = [n.meta.get("nn_module_stack") or {} for n in nodes]  # the modules all of them sit in
+        fused.meta["nn_module_stack"] = split.meta["nn_module_stack"] = {
+            k: v for k, v in stacks[0].items() if all(st.get(k) == v for st in stacks[1:])
+        }
         for node, out in zip(nodes, outs):
             out.meta.update(node.meta)
             node.replace_all_uses_with(out)
