@@ -14,6 +14,7 @@ equals the previous step's.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
@@ -66,8 +67,6 @@ def main() -> None:
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
     layers = list(range(args.dense_layers, cfg.num_hidden_layers))
     if args.weights:
-        from pathlib import Path
-
         from hatac.evaluation.learned import load_weights
 
         if not Path(args.weights).is_file():

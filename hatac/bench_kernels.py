@@ -15,7 +15,6 @@ references. Results go to ``out_dir`` as JSON and a PNG plot.
 from __future__ import annotations
 
 import functools
-
 import json
 import math
 import platform

@@ -99,9 +99,7 @@ class FuseSiblingLinears(PassBase):
             used |= set(weights)
             self._fuse(gm, nodes)
             modified = True
-        if modified:
-            gm.graph.eliminate_dead_code()
-            gm.recompile()
+        # The weights' get_attr nodes left unused go with EliminateDeadCode, and the manager recompiles.
         return PassResult(gm, modified)
 
     def _fuse(self, gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
