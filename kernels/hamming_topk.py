@@ -35,6 +35,7 @@ instead of G.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -212,16 +213,17 @@ def _fine_kernel(
 
 
 @triton.jit
-def _write_kernel(
-    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr,
+def _place_winners(
+    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr, row, split,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr,
 ):
-    grid_sync(PDL)
-    row = tl.program_id(0)
-    split = tl.program_id(1)
+    """The write pass of one (row, split): the row's exact threshold from every split's fine histograms,
+    then this split's winners written in slot order at ``idx_ptr + row * K + [first, end)``. Returns
+    (first, end, n_sel): where this split's winners start and end in the row's output, and the row's count.
+    Shared by the write kernel and the fused select-and-attend kernel (``topk_attention``)."""
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
@@ -242,6 +244,7 @@ def _write_kernel(
     before = sp < split
     eq_seen = tl.sum(tl.where(before, eq_s, 0), axis=0)
     out_pos = tl.sum(tl.where(before, less_s, 0), axis=0) + tl.minimum(eq_seen, need_eq)
+    first_pos = out_pos
 
     c0 = split * CHUNK
     start = tl.maximum(c0, lo)
@@ -286,7 +289,27 @@ def _write_kernel(
         tl.store(hint_ptr + row * 3 + 1, tl.load(hint_ptr + row * 3 + 1) + (tl.load(hint_ptr + row * 3) == cb).to(tl.int32))
         tl.store(hint_ptr + row * 3 + 2, tl.load(hint_ptr + row * 3 + 2) + 1)
         tl.store(hint_ptr + row * 3, cb)
+    return first_pos, out_pos, n_sel
+
+
+@triton.jit
+def _write_kernel(
+    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr,
+    S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
+    spb, sps,
+    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
+):
+    grid_sync(PDL)
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    _, _, n_sel = _place_winners(
+        qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr, row, split,
+        S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps,
+        IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, HW_POPC, HINT,
+    )
     if split == 0:
+        out_base = idx_ptr + row.to(tl.int64) * K
         for p0 in range(0, K, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             tl.store(out_base + p, tl.full((BLOCK_P,), -1, tl.int32), mask=(p >= n_sel) & (p < K))
@@ -397,6 +420,58 @@ def hint_stats(device: torch.device | str, reset: bool = False) -> dict:
     return {"hits": hits, "calls": calls, "hit_rate": hits / calls if calls else None}
 
 
+class SelectPasses(NamedTuple):
+    """What the scoring and fine passes leave for a write pass (the write kernel, or the fused
+    select-and-attend kernel of ``topk_attention``): buffers, grid and launch arguments."""
+
+    keys: torch.Tensor
+    hist2: torch.Tensor
+    less: torch.Tensor
+    cb: torch.Tensor
+    hint: torch.Tensor  # the hint buffer, or ``cb`` as a placeholder when there is none
+    grid: tuple[int, int]
+    common: tuple  # (S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, q_pos strides)
+    meta: dict  # the write pass's constexprs (IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, HW_POPC, HINT)
+    warps: int
+
+
+def select_passes(
+    q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, k: int, budget: float,
+    sink: int = 0, recent: int = 0, window: int = 0,
+) -> SelectPasses:
+    """Launches 1 and 2 (scoring, fine histogram) for ``n_rows = B * Hkv * S`` rows; ``S`` at most
+    ``_ROW_CHUNK`` and ``T`` > 0 (the callers handle the rest)."""
+    b, hq, s, nw = q_codes.shape
+    t = k_codes.shape[2]
+    hkv = k_codes.shape[1]
+    n_rows = b * hkv * s
+    hint = selection_hint(k_codes, n_rows) if (CONFIG["hint"] and s == 1) else None
+    keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint)
+    block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
+    if hint is not None:  # the scoring pass's splits: its fine histograms are per split
+        n_splits, chunk = n_splits1, chunk1
+    else:
+        n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+    warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)
+    dev = q_codes.device
+    if hist2 is None:
+        hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
+    less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
+    cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
+    is_frac, want_fixed, budget_bits = budget_args(budget)
+    grid = (n_rows, n_splits)
+    common = (s, hkv, t, k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
+    hint_arg = cb if hint is None else hint
+    _fine_kernel[grid](
+        q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
+        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
+    )
+    meta = dict(IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=next_pow2(n_splits), BLOCK_T=block_t,
+                HW_POPC=hw_flag(q_codes), HINT=hint is not None)
+    return SelectPasses(keys, hist2, less, cb, hint_arg, grid, common, meta, warps)
+
+
 def hamming_topk(
     q_codes: torch.Tensor,
     k_codes: torch.Tensor,
@@ -423,34 +498,9 @@ def hamming_topk(
         return out
     if t == 0:
         return out.fill_(-1)
-    n_rows = b * hkv * s
-    hint = selection_hint(k_codes, n_rows) if (CONFIG["hint"] and s == 1) else None
-    keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint)
-    block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
-    if hint is not None:  # the scoring pass's splits: its fine histograms are per split
-        n_splits, chunk = n_splits1, chunk1
-    else:
-        n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
-    nsp = next_pow2(n_splits)
-    warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)
-    dev = q_codes.device
-    if hist2 is None:
-        hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
-    less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
-    cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
-    is_frac, want_fixed, budget_bits = budget_args(budget)
-    grid = (n_rows, n_splits)
-    common = (s, hkv, t, k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
-    hint_arg = cb if hint is None else hint
-    _fine_kernel[grid](
-        q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
-        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
-    )
-    _write_kernel[grid](
-        q_pos, keys, hist2, less, cb, out, hint_arg, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
+    sel = select_passes(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
+    _write_kernel[sel.grid](
+        q_pos, sel.keys, sel.hist2, sel.less, sel.cb, out, sel.hint, *sel.common,
+        **sel.meta, BLOCK_P=256, num_warps=sel.warps, **pdl_args(q_codes),
     )
     return out
-
