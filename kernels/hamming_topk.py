@@ -218,12 +218,13 @@ def _place_winners(
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr,
+    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, MUL: tl.constexpr = 1,
 ):
     """The write pass of one (row, split): the row's exact threshold from every split's fine histograms,
     then this split's winners written in slot order at ``idx_ptr + row * K + [first, end)``. Returns
     (first, end, n_sel): where this split's winners start and end in the row's output, and the row's count.
-    Shared by the write kernel and the fused select-and-attend kernel (``topk_attention``)."""
+    ``split`` here spans ``MUL`` of the fine pass's splits (the fused select-and-attend kernel,
+    ``topk_attention``, runs fewer, longer programs than the fine pass; the write kernel uses 1)."""
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
@@ -241,14 +242,14 @@ def _place_winners(
     need_eq = n_sel - below  # keys equal to theta that are kept: the first ones in slot order
     less_s = less_sp + tl.sum(tl.where(fb[None, :] < f_bin, h2, 0), axis=1)
     eq_s = tl.sum(tl.where(fb[None, :] == f_bin, h2, 0), axis=1)
-    before = sp < split
+    before = sp < split * MUL
     eq_seen = tl.sum(tl.where(before, eq_s, 0), axis=0)
     out_pos = tl.sum(tl.where(before, less_s, 0), axis=0) + tl.minimum(eq_seen, need_eq)
     first_pos = out_pos
 
-    c0 = split * CHUNK
+    c0 = split * CHUNK * MUL
     start = tl.maximum(c0, lo)
-    end = tl.minimum(c0 + CHUNK, hi_c)
+    end = tl.minimum(c0 + CHUNK * MUL, hi_c)
     key_base = keys_ptr + row.to(tl.int64) * T
     out_base = idx_ptr + row.to(tl.int64) * K
     first = (start - c0) // BLOCK_T
@@ -355,17 +356,18 @@ def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
 
 def score_keys(
     q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, sink: int = 0, recent: int = 0, window: int = 0,
-    hint: torch.Tensor | None = None,
+    hint: torch.Tensor | None = None, programs: int | None = None,
 ):
     """Launch 1 alone: (keys (rows, T), coarse histograms, plan, n_splits, chunk, fine histograms). Keys
     outside a row's valid range are left unwritten. Also the scoring half of the scores + torch.topk
     alternative. With a ``hint`` (rows, 3) it also histograms the low bits of the keys in each row's hinted
-    coarse bin (the last element of the result; None without a hint)."""
+    coarse bin (the last element of the result; None without a hint). ``programs`` overrides
+    ``CONFIG["programs"]``, the launch size the splits aim at."""
     b, hq, s, nw = q_codes.shape
     k_codes, g, t, n_rows, p, keys = _prologue(q_codes, k_codes)
     hkv = k_codes.shape[1]
     block_t = _block_t(q_codes)
-    n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["programs"], CONFIG["max_splits"])
+    n_splits, chunk = _splits(n_rows, t, block_t, programs or CONFIG["programs"], CONFIG["max_splits"])
     hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
     hist2 = None if hint is None else torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=q_codes.device)
     _score_kernel[(n_rows, n_splits)](
@@ -437,21 +439,22 @@ class SelectPasses(NamedTuple):
 
 def select_passes(
     q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, k: int, budget: float,
-    sink: int = 0, recent: int = 0, window: int = 0,
+    sink: int = 0, recent: int = 0, window: int = 0, programs: int | None = None,
 ) -> SelectPasses:
     """Launches 1 and 2 (scoring, fine histogram) for ``n_rows = B * Hkv * S`` rows; ``S`` at most
-    ``_ROW_CHUNK`` and ``T`` > 0 (the callers handle the rest)."""
+    ``_ROW_CHUNK`` and ``T`` > 0 (the callers handle the rest). ``programs``: the scoring pass's launch
+    size (its splits are the write pass's when the hint is on), ``CONFIG["programs"]`` by default."""
     b, hq, s, nw = q_codes.shape
     t = k_codes.shape[2]
     hkv = k_codes.shape[1]
     n_rows = b * hkv * s
     hint = selection_hint(k_codes, n_rows) if (CONFIG["hint"] and s == 1) else None
-    keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint)
+    keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint, programs)
     block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
     if hint is not None:  # the scoring pass's splits: its fine histograms are per split
         n_splits, chunk = n_splits1, chunk1
     else:
-        n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+        n_splits, chunk = _splits(n_rows, t, block_t, programs or CONFIG["select_programs"], CONFIG["select_max_splits"])
     warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)
     dev = q_codes.device
     if hist2 is None:

@@ -24,9 +24,11 @@ from hatac.kernels.hamming_topk import _ROW_CHUNK, _place_winners, _row_coords, 
 from hatac.kernels.sparse_attention import _LOG2E, attend_block, finish_piece
 from hatac.kernels.sparse_attention import sparse_attention as sparse_attention_kernel
 
-# Launch geometry of the fused kernel (GPU). warps None: the select's own choice (one warp with many
-# rows); block_n: winners gathered per online-softmax step; merge_pieces: partials loaded per merge round.
-CONFIG = {"warps": None, "block_n": 16, "merge_pieces": 4}
+# Launch geometry of the fused kernel (GPU; examples/tune_kernels.py --fused-only). warps None: the
+# select's own choice (one warp with many rows); block_n: winners gathered per online-softmax step; merge_pieces: partials loaded per merge round;
+# programs: the grid this kernel aims at, each program covering one or more of the fine pass's splits (None:
+# one each). The scoring and fine passes keep their own geometry.
+CONFIG = {"warps": 2, "block_n": 16, "merge_pieces": 8, "programs": 1024}
 
 
 @triton.jit
@@ -40,7 +42,7 @@ def _select_attend_kernel(
     svb, svh, svt, svd,
     sob, soh, sos, sod,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr,
+    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, MUL: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, GM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, F32_DOT: tl.constexpr, PRECISION: tl.constexpr, MERGE_PC: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -50,7 +52,7 @@ def _select_attend_kernel(
     p_lo, p_hi, _ = _place_winners(
         qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr, row, split,
         S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps,
-        IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, HW_POPC, HINT,
+        IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, HW_POPC, HINT, MUL,
     )
     tl.debug_barrier()  # this program's slot stores are visible to all its threads
     b, kv, s = _row_coords(row, S, Hkv)
@@ -76,7 +78,7 @@ def _select_attend_kernel(
             slot = tl.load(i_base + n, mask=used, other=0)
             m, l, acc = attend_block(q, k_base, v_base, slot.to(tl.int64), used, d, dv, D, DV, skt, skd, svt, svd,
                                      m, l, acc, qk_scale, F32_DOT, PRECISION)
-    finish_piece(m, l, acc, o_ptr, lse_ptr, cnt_ptr, out_ptr, row, split, n_splits, b, kv, s, DV, sob, soh, sos, sod,
+    finish_piece(m, l, acc, o_ptr, lse_ptr, cnt_ptr, out_ptr, row, split, tl.cdiv(n_splits, MUL), b, kv, s, DV, sob, soh, sos, sod,
                  G, GP, BLOCK_DV, GM, NSP, MERGE_PC)
 
 
@@ -108,7 +110,10 @@ def topk_attention(
         idx = hamming_topk_kernel(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
         return sparse_attention_kernel(q, k_cache, v_cache, idx, scale, out=out)
     sel = select_passes(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
-    n_rows, n_splits = sel.grid
+    n_rows, n_fine = sel.grid
+    # Each program covers ``mul`` of the fine pass's splits, so the grid is about CONFIG["programs"].
+    mul = max(1, min(n_fine, (n_rows * n_fine) // CONFIG["programs"])) if CONFIG["programs"] else 1
+    n_splits = triton.cdiv(n_fine, mul)
     g = hq // hkv
     hw = hw_flag(q)
     f32 = (not hw) or torch.float32 in (q.dtype, k_cache.dtype, v_cache.dtype)
@@ -118,11 +123,11 @@ def topk_attention(
     counters = self_reset_counters("topk_attention", q.device, n_rows)
     if counters is None:
         counters = torch.zeros((n_rows,), dtype=torch.int32, device=q.device)
-    _select_attend_kernel[sel.grid](
+    _select_attend_kernel[(n_rows, n_splits)](
         q_pos, sel.keys, sel.hist2, sel.less, sel.cb, idx, sel.hint, *sel.common,
         q, k_cache, v_cache, o_part, lse_part, counters, out, float(scale) * _LOG2E, d, dv,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
-        **sel.meta, G=g, GP=max(16, next_pow2(g)), GM=next_pow2(g), BLOCK_N=CONFIG["block_n"],
+        **sel.meta, MUL=mul, G=g, GP=max(16, next_pow2(g)), GM=next_pow2(g), BLOCK_N=CONFIG["block_n"],
         BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)), F32_DOT=f32, PRECISION="ieee",
         MERGE_PC=CONFIG["merge_pieces"], num_warps=CONFIG["warps"] or sel.warps, **pdl_args(q),
     )

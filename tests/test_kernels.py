@@ -392,10 +392,13 @@ TOPK_ATTN_SMALL = [
 
 
 @interp
+@pytest.mark.parametrize("programs", [None, 12])
 @pytest.mark.parametrize("case", TOPK_ATTN_SMALL)
-def test_topk_attention_interp(monkeypatch, case):
+def test_topk_attention_interp(monkeypatch, case, programs):
+    """``programs`` 12: each program covers several of the fine pass's splits (3 at the first case's 40)."""
     monkeypatch.setitem(K["hamming_topk"].INTERP_BLOCKS, "score", 32)  # several splits a row, several pieces to merge
     monkeypatch.setitem(K["hamming_topk"].INTERP_BLOCKS, "select", 32)
+    monkeypatch.setitem(K["topk_attention"].CONFIG, "programs", programs)
     *shape, dtype, tol = case
     _check_topk_attention("cpu", *shape, dtype=dtype, seed=7, tol=tol)
     _check_topk_attention("cpu", *shape, dtype=dtype, seed=8, tol=tol, distinct=3)  # ties; the hint from the last call
