@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--only", type=int, nargs="*", help="indices into SHAPES")
     ap.add_argument("--select-only", action="store_true", help="sweep the select launches only")
     ap.add_argument("--score-only", action="store_true", help="sweep the scoring launch only")
+    ap.add_argument("--geometry", action="store_true",
+                    help="the whole step, three ops and fused, hint on and off, over the select's launch size")
     ap.add_argument("--fused-only", action="store_true",
                     help="the step with topk_attention against the three ops, and a sweep of its geometry")
     args = ap.parse_args()
@@ -95,6 +97,29 @@ def main() -> None:
             return ATT.sparse_attention(q, kc, vc, SEL.hamming_topk(qc_, codes, pos, k, budget), scale)
 
         entry = {"batch": b, "context": t, "k": k}
+        if args.geometry:
+
+            def fused_step():
+                qc_ = ENC.hash_encode_step(q, kn, w, codes, pos)
+                return FUSED.topk_attention(q, qc_, codes, kc, vc, pos, k, budget, scale)
+
+            entry["geometry"] = []
+            for programs, block_t, fused_programs in itertools.product([1024, 2048], [256, 512], [None, 1024]):
+                setting = {"programs": programs, "score_block_t": block_t, "select_programs": programs}
+                with mock.patch.dict(SEL.CONFIG, setting), mock.patch.dict(FUSED.CONFIG, {"programs": fused_programs}):
+                    res = {**setting, "fused_programs": fused_programs, "fused": _us(fused_step)}
+                    if fused_programs is None:
+                        res["three_ops"] = _us(step)
+                    with mock.patch.dict(SEL.CONFIG, {"hint": False}):
+                        res["fused_no_hint"] = _us(fused_step)
+                        if fused_programs is None:
+                            res["three_ops_no_hint"] = _us(step)
+                entry["geometry"].append({key: round(v, 2) if isinstance(v, float) else v for key, v in res.items()})
+                print(json.dumps({"batch": b, "context": t, "k": k, **entry["geometry"][-1]}), flush=True)
+            report.append(entry)
+            del kc, vc, codes
+            torch.cuda.empty_cache()
+            continue
         if args.fused_only:
 
             def fused_step():
