@@ -104,16 +104,14 @@ def main() -> None:
                 return FUSED.topk_attention(q, qc_, codes, kc, vc, pos, k, budget, scale)
 
             entry["geometry"] = []
-            for programs, block_t, fused_programs in itertools.product([1024, 2048], [256, 512], [None, 1024]):
-                setting = {"programs": programs, "score_block_t": block_t, "select_programs": programs}
-                with mock.patch.dict(SEL.CONFIG, setting), mock.patch.dict(FUSED.CONFIG, {"programs": fused_programs}):
-                    res = {**setting, "fused_programs": fused_programs, "fused": _us(fused_step)}
-                    if fused_programs is None:
-                        res["three_ops"] = _us(step)
+            hint = SEL.selection_hint(codes, b * hkv)
+            for (programs, block_t), write_programs in itertools.product([(2048, 512), (1024, 256)], [None, 1024, 512]):
+                setting = {"programs": programs, "score_block_t": block_t, "write_programs": write_programs}
+                with mock.patch.dict(SEL.CONFIG, setting):
+                    res = {**setting, "three_ops": _us(step), "fused": _us(fused_step)}
+                    res["three_ops_hint_miss"] = _us(lambda: (hint[:, 0].fill_(-1), step()))
                     with mock.patch.dict(SEL.CONFIG, {"hint": False}):
-                        res["fused_no_hint"] = _us(fused_step)
-                        if fused_programs is None:
-                            res["three_ops_no_hint"] = _us(step)
+                        res["three_ops_no_hint"] = _us(step)
                 entry["geometry"].append({key: round(v, 2) if isinstance(v, float) else v for key, v in res.items()})
                 print(json.dumps({"batch": b, "context": t, "k": k, **entry["geometry"][-1]}), flush=True)
             report.append(entry)

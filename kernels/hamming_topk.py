@@ -53,6 +53,8 @@ CONFIG = {
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
     # decode (one query row): keep each row's threshold bin between calls (selection_hint); HATAC_SELECT_HINT=0: off
     "hint": os.environ.get("HATAC_SELECT_HINT", "1") != "0",
+    # launch 3's grid: None, one program per fine split; else each program covers several (write_span)
+    "write_programs": None,
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 INTERP_BLOCKS = {"score": 64, "select": 128}  # block sizes under the interpreter (tests shrink them)
@@ -299,7 +301,8 @@ def _write_kernel(
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, MUL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -307,7 +310,7 @@ def _write_kernel(
     _, _, n_sel = _place_winners(
         qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr, row, split,
         S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps,
-        IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, HW_POPC, HINT,
+        IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, HW_POPC, HINT, MUL,
     )
     if split == 0:
         out_base = idx_ptr + row.to(tl.int64) * K
@@ -475,6 +478,12 @@ def select_passes(
     return SelectPasses(keys, hist2, less, cb, hint_arg, grid, common, meta, warps)
 
 
+def write_span(n_rows: int, n_fine: int, programs: int | None) -> int:
+    """How many of the fine pass's splits one write program covers, for a grid of about ``programs``
+    (None: one each)."""
+    return max(1, min(n_fine, (n_rows * n_fine) // programs)) if programs else 1
+
+
 def hamming_topk(
     q_codes: torch.Tensor,
     k_codes: torch.Tensor,
@@ -502,8 +511,10 @@ def hamming_topk(
     if t == 0:
         return out.fill_(-1)
     sel = select_passes(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
-    _write_kernel[sel.grid](
+    n_rows, n_fine = sel.grid
+    mul = write_span(n_rows, n_fine, CONFIG["write_programs"])
+    _write_kernel[(n_rows, triton.cdiv(n_fine, mul))](
         q_pos, sel.keys, sel.hist2, sel.less, sel.cb, out, sel.hint, *sel.common,
-        **sel.meta, BLOCK_P=256, num_warps=sel.warps, **pdl_args(q_codes),
+        **sel.meta, BLOCK_P=256, MUL=mul, num_warps=sel.warps, **pdl_args(q_codes),
     )
     return out

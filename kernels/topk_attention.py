@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args, self_reset_counters
-from hatac.kernels.hamming_topk import _ROW_CHUNK, _place_winners, _row_coords, select_passes
+from hatac.kernels.hamming_topk import _ROW_CHUNK, _place_winners, _row_coords, select_passes, write_span
 from hatac.kernels.sparse_attention import _LOG2E, attend_block, finish_piece
 from hatac.kernels.sparse_attention import sparse_attention as sparse_attention_kernel
 
@@ -112,7 +112,7 @@ def topk_attention(
     sel = select_passes(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
     n_rows, n_fine = sel.grid
     # Each program covers ``mul`` of the fine pass's splits, so the grid is about CONFIG["programs"].
-    mul = max(1, min(n_fine, (n_rows * n_fine) // CONFIG["programs"])) if CONFIG["programs"] else 1
+    mul = write_span(n_rows, n_fine, CONFIG["programs"])
     n_splits = triton.cdiv(n_fine, mul)
     g = hq // hkv
     hw = hw_flag(q)
