@@ -27,9 +27,8 @@ from hatac.bench_kernels import _graph_bench, decode_problem
 ENC = sys.modules["hatac.kernels.hash_encode"]
 SEL = sys.modules["hatac.kernels.hamming_topk"]
 ATT = sys.modules["hatac.kernels.sparse_attention"]
-FUSED = sys.modules.get("hatac.kernels.topk_attention")
 COMMON = sys.modules["hatac.kernels._common"]
-SHAPES = [(8, 32768, 1 / 32), (8, 131072, 1 / 64), (1, 131072, 1 / 64), (8, 8192, 1 / 32), (8, 32768, 1 / 64)]
+SHAPES = [(8, 32768, 1 / 32), (8, 131072, 1 / 64), (1, 131072, 1 / 64), (8, 8192, 1 / 32)]
 
 
 def _us(fn) -> float:
@@ -76,10 +75,6 @@ def main() -> None:
     ap.add_argument("--only", type=int, nargs="*", help="indices into SHAPES")
     ap.add_argument("--select-only", action="store_true", help="sweep the select launches only")
     ap.add_argument("--score-only", action="store_true", help="sweep the scoring launch only")
-    ap.add_argument("--geometry", action="store_true",
-                    help="the whole step, three ops and fused, hint on and off, over the select's launch size")
-    ap.add_argument("--fused-only", action="store_true",
-                    help="the step with topk_attention against the three ops, and a sweep of its geometry")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,47 +92,6 @@ def main() -> None:
             return ATT.sparse_attention(q, kc, vc, SEL.hamming_topk(qc_, codes, pos, k, budget), scale)
 
         entry = {"batch": b, "context": t, "k": k}
-        if args.geometry:
-
-            def fused_step():
-                qc_ = ENC.hash_encode_step(q, kn, w, codes, pos)
-                return FUSED.topk_attention(q, qc_, codes, kc, vc, pos, k, budget, scale)
-
-            entry["geometry"] = []
-            hint = SEL.selection_hint(codes, b * hkv)
-            for (programs, block_t), write_programs in itertools.product([(2048, 512), (1024, 256)], [None, 1024, 512]):
-                setting = {"programs": programs, "score_block_t": block_t, "write_programs": write_programs}
-                with mock.patch.dict(SEL.CONFIG, setting):
-                    res = {**setting, "three_ops": _us(step), "fused": _us(fused_step)}
-                    res["three_ops_hint_miss"] = _us(lambda: (hint[:, 0].fill_(-1), step()))
-                    with mock.patch.dict(SEL.CONFIG, {"hint": False}):
-                        res["three_ops_no_hint"] = _us(step)
-                entry["geometry"].append({key: round(v, 2) if isinstance(v, float) else v for key, v in res.items()})
-                print(json.dumps({"batch": b, "context": t, "k": k, **entry["geometry"][-1]}), flush=True)
-            report.append(entry)
-            del kc, vc, codes
-            torch.cuda.empty_cache()
-            continue
-        if args.fused_only:
-
-            def fused_step():
-                qc_ = ENC.hash_encode_step(q, kn, w, codes, pos)
-                return FUSED.topk_attention(q, qc_, codes, kc, vc, pos, k, budget, scale)
-
-            entry["graph_us"] = {"total": _us(step), "total_fused": _us(fused_step)}
-            with mock.patch.dict(SEL.CONFIG, {"hint": False}):
-                entry["graph_us"]["total_no_hint"] = _us(step)
-                entry["graph_us"]["total_fused_no_hint"] = _us(fused_step)
-            entry["kernels_us"] = kernel_times(fused_step)
-            print(json.dumps(entry), flush=True)
-            if not args.quick:
-                entry["fused"] = _sweep(FUSED.CONFIG, {"warps": [1, 2], "block_n": [16], "merge_pieces": [1, 8, 16],
-                                                       "programs": [1024]}, fused_step, keep=8)
-                print(json.dumps({key: entry[key] for key in ("fused",)}), flush=True)
-            report.append(entry)
-            del kc, vc, codes
-            torch.cuda.empty_cache()
-            continue
         entry["graph_us"] = {
             "dense": _us(lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True)),
             "encode": _us(lambda: ENC.hash_encode_step(q, kn, w, codes, pos)),

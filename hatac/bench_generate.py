@@ -159,8 +159,7 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, pro
 
 
 def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(8192, 32768, 65536, 131072), budgets=(0.0156, 0.0313),
-        steps: int = 32, layers: int = 32, compile: bool = True, say=print, profile: bool = False, fuse_linears: bool = True,
-        fuse_select: bool = True) -> dict:
+        steps: int = 32, layers: int = 32, compile: bool = True, say=print, profile: bool = False, fuse_linears: bool = True) -> dict:
     import hatac
     from hatac.capture import capture
 
@@ -174,9 +173,9 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
     t0 = time.perf_counter()
     captured = capture(model)
     say(f"captured {layers}-layer model in {time.perf_counter() - t0:.1f}s; weights {weight_bytes / 2**30:.1f} GiB")
-    variants = {"dense": hatac.convert(model, hatac.HataConfig(hash="random", dense_layers=layers, fuse_linears=fuse_linears, fuse_select=fuse_select), captured=captured)}
+    variants = {"dense": hatac.convert(model, hatac.HataConfig(hash="random", dense_layers=layers, fuse_linears=fuse_linears), captured=captured)}
     for b in budgets:
-        variants[f"hatac@{b:g}"] = hatac.convert(model, hatac.HataConfig(hash="random", budget=b, fuse_linears=fuse_linears, fuse_select=fuse_select), captured=captured)
+        variants[f"hatac@{b:g}"] = hatac.convert(model, hatac.HataConfig(hash="random", budget=b, fuse_linears=fuse_linears), captured=captured)
     kv_heads = {s.n_kv_heads for hm in variants.values() for s in hm.layers.values()}
     if kv_heads != {cfg.num_key_value_heads}:
         say(f"warning: caches hold {sorted(kv_heads)} KV heads per layer, the config {cfg.num_key_value_heads}")
@@ -215,8 +214,7 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
     from hatac.kernels.hamming_topk import CONFIG as select_config
 
     result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps,
-              "programmatic_dependent_launch": _pdl_on(), "select_hint": select_config["hint"], "fuse_linears": fuse_linears,
-              "fuse_select": fuse_select, "rows": rows}
+              "programmatic_dependent_launch": _pdl_on(), "select_hint": select_config["hint"], "fuse_linears": fuse_linears, "rows": rows}
     (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out / "bench_generate.png")
     say("\n" + table(rows))
@@ -252,7 +250,7 @@ def merge(paths: list[str | Path], out_dir: str | Path, say=print) -> dict:
         if not f.is_file():
             raise HatacError(f"no bench_generate.json at {p}")
         runs.append((f, json.loads(f.read_text())))
-    keys = ("device", "layers", "compile", "programmatic_dependent_launch", "select_hint", "fuse_linears", "fuse_select")
+    keys = ("device", "layers", "compile", "programmatic_dependent_launch", "select_hint", "fuse_linears")
     for f, run in runs:
         if run.get("partial"):
             raise HatacError(f"{f} is a partial run (it stopped before the end); rerun it or leave it out")

@@ -51,7 +51,7 @@ def _progress(msg: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
 
 
-def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto", fuse_encode: bool = True, fuse_linears: bool = True, fuse_select: bool = True):
+def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto", fuse_encode: bool = True, fuse_linears: bool = True):
     import torch
 
     from hatac import artifact, distributed
@@ -61,7 +61,7 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     from hatac.passes.pipeline import load_pass, pass_spec
 
     config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed, calib_effort=calib_effort,
-                        fuse_encode=fuse_encode, fuse_linears=fuse_linears, fuse_select=fuse_select)
+                        fuse_encode=fuse_encode, fuse_linears=fuse_linears)
     dev = artifact.parse_device(device)
     group = None
     if distributed.launched():  # torchrun: one process a GPU, layers calibrated in parallel, rank 0 writes
@@ -121,11 +121,10 @@ def convert(
     calib_effort: str = typer.Option("auto", help="Learned-hash training effort: auto (full on GPU, fast on CPU), fast, full."),
     fuse_encode: bool = typer.Option(True, help="Decode graphs encode the query and the new key in one hash_encode_step op."),
     fuse_linears: bool = typer.Option(True, help="Linears that share an input (q/k/v, gate/up) run as one GEMM on their stacked weight."),
-    fuse_select: bool = typer.Option(True, help="Decode graphs select and attend in one topk_attention op (one GPU kernel for the write pass and the attention)."),
 ):
     """Convert MODEL into a HATA model artifact."""
     _run(_convert, model, calib, output, rbits, budget, dense_layers, sink, recent, hash, seed, device, dtype, passes, overwrite, max_calib_tokens, calib_effort,
-         fuse_encode, fuse_linears, fuse_select)
+         fuse_encode, fuse_linears)
 
 
 def _inspect(path: Path, graph: bool):
@@ -350,7 +349,6 @@ def bench_generate(
     compile: bool = typer.Option(True, help="torch.compile the decode step before CUDA-graph capture."),
     profile: bool = typer.Option(False, help="Also print each point's GPU time per kernel of one step (torch profiler)."),
     fuse_linears: bool = typer.Option(True, help="Convert with the recipe's fuse_linears (q/k/v and gate/up as one GEMM each); --no-fuse-linears for the separate GEMMs."),
-    fuse_select: bool = typer.Option(True, help="Convert with the recipe's fuse_select (select and attend as one op); --no-fuse-select for hamming_topk then sparse_attention."),
     merge: List[Path] = typer.Option([], "--merge", help="Measure nothing: join these runs' bench_generate.json into -o (repeat the flag)."),
 ):
     """Decode tokens/s of a Llama-3-8B-shaped model with random weights: hatac against dense, one run."""
@@ -364,8 +362,7 @@ def bench_generate(
         _need_cuda()
         from hatac.bench_generate import run as bench
 
-        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress, profile=profile, fuse_linears=fuse_linears,
-              fuse_select=fuse_select)
+        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress, profile=profile, fuse_linears=fuse_linears)
 
     _run(run)
 

@@ -38,9 +38,6 @@ class HataConfig:
     # (hatac.passes.sibling_linears.FuseSiblingLinears): fewer, larger GEMMs at decode. Same math; the
     # stacked GEMM may round differently in the last bits.
     fuse_linears: bool = True
-    # Decode graphs select and attend in one op (hatac.passes.fusions.FuseSelectAttention): the select's
-    # write pass and the sparse attention run as one kernel on a GPU. Same values.
-    fuse_select: bool = True
     version: int = 1
 
     def __post_init__(self) -> None:

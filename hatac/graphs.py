@@ -54,8 +54,7 @@ def build_variant(
     ctx = PassContext(config=config, model=captured.model, mode=mode, hash_weights=dict(hash_weights or {}))
     gm = _copy_graph_module(captured)
     ctx.inputs.update({n.name: n for n in gm.graph.nodes if n.op == "placeholder"})
-    result = PassManager(build_pipeline(list(user_passes), fuse_encode=config.fuse_encode, fuse_linears=config.fuse_linears,
-                                        fuse_select=config.fuse_select)).run(gm, ctx)
+    result = PassManager(build_pipeline(list(user_passes), fuse_encode=config.fuse_encode, fuse_linears=config.fuse_linears)).run(gm, ctx)
     return result.graph_module, ctx
 
 

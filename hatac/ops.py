@@ -84,6 +84,7 @@ def _(cache, values, write_pos):
     return None
 
 
+
 @torch.library.custom_op("hatac::hash_encode_step", mutates_args=("k_codes",))
 def hash_encode_step(q: Tensor, k: Tensor, w: Tensor, k_codes: Tensor, write_pos: Tensor) -> Tensor:
     """Decode-step hashing in one op: writes the new keys' codes into ``k_codes`` at ``write_pos`` and
@@ -96,30 +97,6 @@ def _(q, k, w, k_codes, write_pos):
     torch._check(w.shape[2] % 32 == 0, lambda: "hash bits must be a multiple of 32")
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], w.shape[2] // 32), dtype=torch.int32)
 
-@torch.library.custom_op("hatac::topk_attention", mutates_args=())
-def topk_attention(
-    q: Tensor,
-    q_codes: Tensor,
-    k_codes: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-    q_pos: Tensor,
-    k: int,
-    budget: float,
-    scale: float,
-    sink: int = 0,
-    recent: int = 0,
-    window: int = 0,
-) -> Tensor:
-    """hamming_topk + sparse_attention in one op (decode graphs, ``FuseSelectAttention``): (B, Hq, S, Dv)."""
-    return reference.topk_attention(q, q_codes, k_codes, k_cache, v_cache, q_pos, k, budget, scale, sink, recent, window)
-
-
-@topk_attention.register_fake
-def _(q, q_codes, k_codes, k_cache, v_cache, q_pos, k, budget, scale, sink=0, recent=0, window=0):
-    return q.new_empty((q.shape[0], q.shape[1], q.shape[2], v_cache.shape[3]))
-
-
 # The ops a rewritten hashed layer is made of, by name, for passes, inspect and export.
 HATA_OPS = {
     "hash_encode": torch.ops.hatac.hash_encode.default,
@@ -128,7 +105,6 @@ HATA_OPS = {
     "cache_attention": torch.ops.hatac.cache_attention.default,
     "cache_write": torch.ops.hatac.cache_write.default,
     "hash_encode_step": torch.ops.hatac.hash_encode_step.default,
-    "topk_attention": torch.ops.hatac.topk_attention.default,
 }
 
 

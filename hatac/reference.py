@@ -243,27 +243,6 @@ def sparse_attention(
     return torch.cat(out, dim=2).to(q.dtype)
 
 
-def topk_attention(
-    q: torch.Tensor,
-    q_codes: torch.Tensor,
-    k_codes: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    q_pos: torch.Tensor,
-    k: int,
-    budget: float,
-    scale: float,
-    sink: int = 0,
-    recent: int = 0,
-    window: int = 0,
-) -> torch.Tensor:
-    """Select and attend in one op: exactly ``sparse_attention(q, k_cache, v_cache, hamming_topk(q_codes,
-    k_codes, q_pos, k, budget, sink, recent, window), scale)`` (the decode form a GPU runs as one kernel
-    after the select's histogram passes)."""
-    idx = hamming_topk(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
-    return sparse_attention(q, k_cache, v_cache, idx, scale)
-
-
 def cache_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_pos: torch.Tensor, scale: float, window: int = 0
 ) -> torch.Tensor:

@@ -25,7 +25,6 @@ if AVAILABLE:
     from hatac.kernels.hamming_topk import hamming_topk
     from hatac.kernels.hash_encode import hash_encode, hash_encode_step
     from hatac.kernels.sparse_attention import sparse_attention
-    from hatac.kernels.topk_attention import topk_attention
 
     KERNELS = {
         "hash_encode": hash_encode,
@@ -34,7 +33,6 @@ if AVAILABLE:
         "sparse_attention": sparse_attention,
         "cache_attention": cache_attention,
         "cache_write": cache_write,
-        "topk_attention": topk_attention,
     }
 else:  # pragma: no cover
     KERNELS = {}

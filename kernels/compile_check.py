@@ -24,7 +24,7 @@ import torch
 
 _DTYPES = {torch.int32: "i32", torch.int64: "i64", torch.int16: "i16", torch.int8: "i8", torch.float32: "fp32",
            torch.float16: "fp16", torch.bfloat16: "bf16", torch.bool: "i1"}  # fmt: skip
-_MODULES = ("hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write", "topk_attention")
+_MODULES = ("hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write")
 
 
 @dataclass
@@ -162,7 +162,6 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
         idx = k["hamming_topk"].hamming_topk(qc if qc is not None else torch.zeros(b, hq, 1, r // 32, dtype=torch.int32), codes, pos, width, 1 / 32)
         k["sparse_attention"].sparse_attention(q, cache, cache, idx, 0.1)
         k["sparse_attention"].sparse_attention(q, cache, cache, None, 0.1, q_pos=pos)  # dense decode
-        k["topk_attention"].topk_attention(q, qc, codes, cache, cache, pos, width, 1 / 32, 0.1)  # select + attend
     return launches
 
 

@@ -35,7 +35,6 @@ instead of G.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 import torch
 import triton
@@ -53,8 +52,6 @@ CONFIG = {
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
     # decode (one query row): keep each row's threshold bin between calls (selection_hint); HATAC_SELECT_HINT=0: off
     "hint": os.environ.get("HATAC_SELECT_HINT", "1") != "0",
-    # launch 3's grid: None, one program per fine split; else each program covers several (write_span)
-    "write_programs": None,
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 INTERP_BLOCKS = {"score": 64, "select": 128}  # block sizes under the interpreter (tests shrink them)
@@ -215,18 +212,16 @@ def _fine_kernel(
 
 
 @triton.jit
-def _place_winners(
-    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr, row, split,
+def _write_kernel(
+    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr,
     S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, MUL: tl.constexpr = 1,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
 ):
-    """The write pass of one (row, split): the row's exact threshold from every split's fine histograms,
-    then this split's winners written in slot order at ``idx_ptr + row * K + [first, end)``. Returns
-    (first, end, n_sel): where this split's winners start and end in the row's output, and the row's count.
-    ``split`` here spans ``MUL`` of the fine pass's splits (the fused select-and-attend kernel,
-    ``topk_attention``, runs fewer, longer programs than the fine pass; the write kernel uses 1)."""
+    grid_sync(PDL)
+    row = tl.program_id(0)
+    split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
@@ -244,14 +239,13 @@ def _place_winners(
     need_eq = n_sel - below  # keys equal to theta that are kept: the first ones in slot order
     less_s = less_sp + tl.sum(tl.where(fb[None, :] < f_bin, h2, 0), axis=1)
     eq_s = tl.sum(tl.where(fb[None, :] == f_bin, h2, 0), axis=1)
-    before = sp < split * MUL
+    before = sp < split
     eq_seen = tl.sum(tl.where(before, eq_s, 0), axis=0)
     out_pos = tl.sum(tl.where(before, less_s, 0), axis=0) + tl.minimum(eq_seen, need_eq)
-    first_pos = out_pos
 
-    c0 = split * CHUNK * MUL
+    c0 = split * CHUNK
     start = tl.maximum(c0, lo)
-    end = tl.minimum(c0 + CHUNK * MUL, hi_c)
+    end = tl.minimum(c0 + CHUNK, hi_c)
     key_base = keys_ptr + row.to(tl.int64) * T
     out_base = idx_ptr + row.to(tl.int64) * K
     first = (start - c0) // BLOCK_T
@@ -292,28 +286,7 @@ def _place_winners(
         tl.store(hint_ptr + row * 3 + 1, tl.load(hint_ptr + row * 3 + 1) + (tl.load(hint_ptr + row * 3) == cb).to(tl.int32))
         tl.store(hint_ptr + row * 3 + 2, tl.load(hint_ptr + row * 3 + 2) + 1)
         tl.store(hint_ptr + row * 3, cb)
-    return first_pos, out_pos, n_sel
-
-
-@triton.jit
-def _write_kernel(
-    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr,
-    S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
-    spb, sps,
-    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, MUL: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    grid_sync(PDL)
-    row = tl.program_id(0)
-    split = tl.program_id(1)
-    _, _, n_sel = _place_winners(
-        qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr, row, split,
-        S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, spb, sps,
-        IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, HW_POPC, HINT, MUL,
-    )
     if split == 0:
-        out_base = idx_ptr + row.to(tl.int64) * K
         for p0 in range(0, K, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             tl.store(out_base + p, tl.full((BLOCK_P,), -1, tl.int32), mask=(p >= n_sel) & (p < K))
@@ -359,18 +332,17 @@ def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
 
 def score_keys(
     q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, sink: int = 0, recent: int = 0, window: int = 0,
-    hint: torch.Tensor | None = None, programs: int | None = None,
+    hint: torch.Tensor | None = None,
 ):
     """Launch 1 alone: (keys (rows, T), coarse histograms, plan, n_splits, chunk, fine histograms). Keys
     outside a row's valid range are left unwritten. Also the scoring half of the scores + torch.topk
     alternative. With a ``hint`` (rows, 3) it also histograms the low bits of the keys in each row's hinted
-    coarse bin (the last element of the result; None without a hint). ``programs`` overrides
-    ``CONFIG["programs"]``, the launch size the splits aim at."""
+    coarse bin (the last element of the result; None without a hint)."""
     b, hq, s, nw = q_codes.shape
     k_codes, g, t, n_rows, p, keys = _prologue(q_codes, k_codes)
     hkv = k_codes.shape[1]
     block_t = _block_t(q_codes)
-    n_splits, chunk = _splits(n_rows, t, block_t, programs or CONFIG["programs"], CONFIG["max_splits"])
+    n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["programs"], CONFIG["max_splits"])
     hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
     hist2 = None if hint is None else torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=q_codes.device)
     _score_kernel[(n_rows, n_splits)](
@@ -425,65 +397,6 @@ def hint_stats(device: torch.device | str, reset: bool = False) -> dict:
     return {"hits": hits, "calls": calls, "hit_rate": hits / calls if calls else None}
 
 
-class SelectPasses(NamedTuple):
-    """What the scoring and fine passes leave for a write pass (the write kernel, or the fused
-    select-and-attend kernel of ``topk_attention``): buffers, grid and launch arguments."""
-
-    keys: torch.Tensor
-    hist2: torch.Tensor
-    less: torch.Tensor
-    cb: torch.Tensor
-    hint: torch.Tensor  # the hint buffer, or ``cb`` as a placeholder when there is none
-    grid: tuple[int, int]
-    common: tuple  # (S, Hkv, T, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits, q_pos strides)
-    meta: dict  # the write pass's constexprs (IS_FRAC, SHIFT, NFB, NSP, BLOCK_T, HW_POPC, HINT)
-    warps: int
-
-
-def select_passes(
-    q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, k: int, budget: float,
-    sink: int = 0, recent: int = 0, window: int = 0, programs: int | None = None,
-) -> SelectPasses:
-    """Launches 1 and 2 (scoring, fine histogram) for ``n_rows = B * Hkv * S`` rows; ``S`` at most
-    ``_ROW_CHUNK`` and ``T`` > 0 (the callers handle the rest). ``programs``: the scoring pass's launch
-    size (its splits are the write pass's when the hint is on), ``CONFIG["programs"]`` by default."""
-    b, hq, s, nw = q_codes.shape
-    t = k_codes.shape[2]
-    hkv = k_codes.shape[1]
-    n_rows = b * hkv * s
-    hint = selection_hint(k_codes, n_rows) if (CONFIG["hint"] and s == 1) else None
-    keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint, programs)
-    block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
-    if hint is not None:  # the scoring pass's splits: its fine histograms are per split
-        n_splits, chunk = n_splits1, chunk1
-    else:
-        n_splits, chunk = _splits(n_rows, t, block_t, programs or CONFIG["select_programs"], CONFIG["select_max_splits"])
-    warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)
-    dev = q_codes.device
-    if hist2 is None:
-        hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
-    less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
-    cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
-    is_frac, want_fixed, budget_bits = budget_args(budget)
-    grid = (n_rows, n_splits)
-    common = (s, hkv, t, k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
-    hint_arg = cb if hint is None else hint
-    _fine_kernel[grid](
-        q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
-        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
-    )
-    meta = dict(IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=next_pow2(n_splits), BLOCK_T=block_t,
-                HW_POPC=hw_flag(q_codes), HINT=hint is not None)
-    return SelectPasses(keys, hist2, less, cb, hint_arg, grid, common, meta, warps)
-
-
-def write_span(n_rows: int, n_fine: int, programs: int | None) -> int:
-    """How many of the fine pass's splits one write program covers, for a grid of about ``programs``
-    (None: one each)."""
-    return max(1, min(n_fine, (n_rows * n_fine) // programs)) if programs else 1
-
-
 def hamming_topk(
     q_codes: torch.Tensor,
     k_codes: torch.Tensor,
@@ -510,11 +423,34 @@ def hamming_topk(
         return out
     if t == 0:
         return out.fill_(-1)
-    sel = select_passes(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
-    n_rows, n_fine = sel.grid
-    mul = write_span(n_rows, n_fine, CONFIG["write_programs"])
-    _write_kernel[(n_rows, triton.cdiv(n_fine, mul))](
-        q_pos, sel.keys, sel.hist2, sel.less, sel.cb, out, sel.hint, *sel.common,
-        **sel.meta, BLOCK_P=256, MUL=mul, num_warps=sel.warps, **pdl_args(q_codes),
+    n_rows = b * hkv * s
+    hint = selection_hint(k_codes, n_rows) if (CONFIG["hint"] and s == 1) else None
+    keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint)
+    block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
+    if hint is not None:  # the scoring pass's splits: its fine histograms are per split
+        n_splits, chunk = n_splits1, chunk1
+    else:
+        n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+    nsp = next_pow2(n_splits)
+    warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)
+    dev = q_codes.device
+    if hist2 is None:
+        hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
+    less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
+    cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
+    is_frac, want_fixed, budget_bits = budget_args(budget)
+    grid = (n_rows, n_splits)
+    common = (s, hkv, t, k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
+    hint_arg = cb if hint is None else hint
+    _fine_kernel[grid](
+        q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
+        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
+    )
+    _write_kernel[grid](
+        q_pos, keys, hist2, less, cb, out, hint_arg, *common,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
+        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
     )
     return out
+

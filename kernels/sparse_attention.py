@@ -21,101 +21,7 @@ from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args, self_
 
 _LOG2E = 1.4426950408889634
 # Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
-CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64, "merge_pieces": 1}
-
-
-@triton.jit
-def attend_block(
-    q, k_base, v_base, slot64, used, d, dv, D, DV, skt, skd, svt, svd, m, l, acc, qk_scale,
-    F32_DOT: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """One step of the online softmax: gather the K and V rows at ``slot64`` (where ``used``), attend the
-    group's queries ``q`` (GP, BLOCK_D) to them, fold into the running max ``m``, sum ``l`` and ``acc``."""
-    kt = tl.load(k_base + slot64[:, None] * skt + d[None, :] * skd, mask=used[:, None] & (d[None, :] < D), other=0.0)
-    vt = tl.load(v_base + slot64[:, None] * svt + dv[None, :] * svd, mask=used[:, None] & (dv[None, :] < DV), other=0.0)
-    if F32_DOT:
-        logits = tl.dot(q, tl.trans(kt.to(tl.float32)), input_precision=PRECISION)
-    else:
-        logits = tl.dot(q, tl.trans(kt.to(q.dtype)))
-    logits = tl.where(used[None, :], logits * qk_scale, float("-inf"))
-    m_new = tl.maximum(m, tl.max(logits, axis=1))
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no live slot yet: keep exp2 finite
-    alpha = tl.exp2(m - m_ref)
-    p = tl.exp2(logits - m_ref[:, None])
-    l = l * alpha + tl.sum(p, axis=1)
-    if F32_DOT:
-        acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision=PRECISION)
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-    return m_new, l, acc
-
-
-@triton.jit
-def finish_piece(
-    m, l, acc, o_ptr, lse_ptr, cnt_ptr, out_ptr, row, split, n_splits, b, kv, s, DV,
-    sob, soh, sos, sod,
-    G: tl.constexpr, GP: tl.constexpr, BLOCK_DV: tl.constexpr, GM: tl.constexpr, NSP: tl.constexpr, PC: tl.constexpr,
-):
-    """Store this piece's normalised partial output and log-sum-exp; the last piece of the row to finish
-    (acq_rel atomic counter: the others' stores are visible) merges the row's ``n_splits`` pieces into
-    ``out`` and resets the counter for the next launch. ``PC`` = 1: one piece a round, rescaling the sum
-    as it goes (sparse_attention: on H100 the other form made the whole kernel 5-6 us slower). ``PC`` > 1:
-    every piece's log-sum-exp read at once (``NSP`` >= n_splits), then the partial outputs ``PC`` pieces
-    a round with their final weights, so a round's loads do not wait on the previous round's sums
-    (``GM`` >= G rows a piece; topk_attention, whose rows have more pieces)."""
-    g = tl.arange(0, GP)
-    dv = tl.arange(0, BLOCK_DV)
-    live = l > 0
-    o = acc / tl.where(live, l, 1.0)[:, None]
-    lse = tl.where(live, m + tl.log2(tl.where(live, l, 1.0)), float("-inf"))
-    part = (row.to(tl.int64) * n_splits + split) * G + g
-    gm = g < G
-    dvm = dv < DV
-    tl.store(o_ptr + part[:, None] * DV + dv[None, :], o, mask=gm[:, None] & dvm[None, :])
-    tl.store(lse_ptr + part, lse, mask=gm)
-    done = tl.atomic_add(cnt_ptr + row, 1)
-    if done == n_splits - 1 and PC == 1:  # one piece a round, rescaling as it goes
-        tl.atomic_xchg(cnt_ptr + row, 0)  # every piece has counted: leave zero for the next launch
-        top = tl.full((GP,), float("-inf"), tl.float32)
-        wsum = tl.zeros((GP,), tl.float32)
-        res = tl.zeros((GP, BLOCK_DV), tl.float32)
-        for sp in range(0, n_splits):
-            part = (row.to(tl.int64) * n_splits + sp) * G + g
-            lse_sp = tl.load(lse_ptr + part, mask=gm, other=float("-inf"))
-            o_sp = tl.load(o_ptr + part[:, None] * DV + dv[None, :], mask=gm[:, None] & dvm[None, :], other=0.0)
-            new_top = tl.maximum(top, lse_sp)
-            ref = tl.where(new_top == float("-inf"), 0.0, new_top)
-            scale_old = tl.exp2(top - ref)
-            w_sp = tl.exp2(lse_sp - ref)
-            wsum = wsum * scale_old + w_sp
-            res = res * scale_old[:, None] + o_sp * w_sp[:, None]
-            top = new_top
-        res = res / tl.where(wsum > 0, wsum, 1.0)[:, None]
-        dst = out_ptr + b.to(tl.int64) * sob + (kv * G + g)[:, None] * soh + s * sos + dv[None, :] * sod
-        tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=gm[:, None] & dvm[None, :])
-    if done == n_splits - 1 and PC > 1:
-        tl.atomic_xchg(cnt_ptr + row, 0)
-        sp = tl.arange(0, NSP)
-        h = tl.arange(0, GM)
-        hm = h < G
-        base = row.to(tl.int64) * n_splits * G
-        lse_all = tl.load(lse_ptr + base + sp[:, None] * G + h[None, :], mask=(sp[:, None] < n_splits) & hm[None, :], other=float("-inf"))
-        top = tl.max(lse_all, axis=0)
-        ref = tl.where(top == float("-inf"), 0.0, top)
-        wsum = tl.sum(tl.exp2(lse_all - ref[None, :]), axis=0)
-        inv = 1.0 / tl.where(wsum > 0, wsum, 1.0)
-        c = tl.arange(0, PC)
-        res = tl.zeros((GM, BLOCK_DV), tl.float32)
-        for p0 in range(0, n_splits, PC):
-            pc = p0 + c
-            cm = pc < n_splits
-            lse_c = tl.load(lse_ptr + base + pc[:, None] * G + h[None, :], mask=cm[:, None] & hm[None, :], other=float("-inf"))
-            w = tl.exp2(lse_c - ref[None, :]) * inv[None, :]  # (PC, GM); 0 for empty pieces
-            rows3 = (base + pc[:, None] * G + h[None, :])[:, :, None] * DV + dv[None, None, :]
-            o_c = tl.load(o_ptr + rows3, mask=(w > 0)[:, :, None] & dvm[None, None, :], other=0.0)
-            res += tl.sum(o_c * w[:, :, None], axis=0)
-        dst = out_ptr + b.to(tl.int64) * sob + (kv * G + h)[:, None] * soh + s * sos + dv[None, :] * sod
-        tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=hm[:, None] & dvm[None, :])
+CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64}
 
 
 @triton.jit
@@ -129,8 +35,7 @@ def _attn_split_kernel(
     sob, soh, sos, sod,
     spb, sps,
     G: tl.constexpr, GP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    F32_DOT: tl.constexpr, PRECISION: tl.constexpr, DENSE: tl.constexpr,
-    GM: tl.constexpr, NSP: tl.constexpr, MERGE_PC: tl.constexpr, PDL: tl.constexpr,
+    F32_DOT: tl.constexpr, PRECISION: tl.constexpr, DENSE: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -169,10 +74,52 @@ def _attn_split_kernel(
             slot = tl.load(i_base + n * sik, mask=n < n_hi, other=-1)
             used = slot >= 0
             slot64 = slot.to(tl.int64)
-        m, l, acc = attend_block(q, k_base, v_base, slot64, used, d, dv, D, DV, skt, skd, svt, svd, m, l, acc, qk_scale,
-                                 F32_DOT, PRECISION)
-    finish_piece(m, l, acc, o_ptr, lse_ptr, cnt_ptr, out_ptr, row, split, n_splits, b, kv, s, DV, sob, soh, sos, sod,
-                 G, GP, BLOCK_DV, GM, NSP, MERGE_PC)
+        kt = tl.load(k_base + slot64[:, None] * skt + d[None, :] * skd, mask=used[:, None] & (d[None, :] < D), other=0.0)
+        vt = tl.load(v_base + slot64[:, None] * svt + dv[None, :] * svd, mask=used[:, None] & (dv[None, :] < DV), other=0.0)
+        if F32_DOT:
+            logits = tl.dot(q, tl.trans(kt.to(tl.float32)), input_precision=PRECISION)
+        else:
+            logits = tl.dot(q, tl.trans(kt.to(q.dtype)))
+        logits = tl.where(used[None, :], logits * qk_scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(logits, axis=1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no live slot yet: keep exp2 finite
+        alpha = tl.exp2(m - m_ref)
+        p = tl.exp2(logits - m_ref[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        if F32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision=PRECISION)
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        m = m_new
+    live = l > 0
+    o = acc / tl.where(live, l, 1.0)[:, None]
+    lse = tl.where(live, m + tl.log2(tl.where(live, l, 1.0)), float("-inf"))
+    part = (row.to(tl.int64) * n_splits + split) * G + g
+    gm = g < G
+    dvm = dv < DV
+    tl.store(o_ptr + part[:, None] * DV + dv[None, :], o, mask=gm[:, None] & dvm[None, :])
+    tl.store(lse_ptr + part, lse, mask=gm)
+    # The last piece of a row to finish merges all of them (acq_rel atomic: the others' stores are visible).
+    done = tl.atomic_add(cnt_ptr + row, 1)
+    if done == n_splits - 1:
+        tl.atomic_xchg(cnt_ptr + row, 0)  # every piece has counted: leave zero for the next launch
+        top = tl.full((GP,), float("-inf"), tl.float32)
+        wsum = tl.zeros((GP,), tl.float32)
+        res = tl.zeros((GP, BLOCK_DV), tl.float32)
+        for sp in range(0, n_splits):
+            part = (row.to(tl.int64) * n_splits + sp) * G + g
+            lse_sp = tl.load(lse_ptr + part, mask=gm, other=float("-inf"))
+            o_sp = tl.load(o_ptr + part[:, None] * DV + dv[None, :], mask=gm[:, None] & dvm[None, :], other=0.0)
+            new_top = tl.maximum(top, lse_sp)
+            ref = tl.where(new_top == float("-inf"), 0.0, new_top)
+            scale_old = tl.exp2(top - ref)
+            w_sp = tl.exp2(lse_sp - ref)
+            wsum = wsum * scale_old + w_sp
+            res = res * scale_old[:, None] + o_sp * w_sp[:, None]
+            top = new_top
+        res = res / tl.where(wsum > 0, wsum, 1.0)[:, None]
+        dst = out_ptr + b.to(tl.int64) * sob + (kv * G + g)[:, None] * soh + s * sos + dv[None, :] * sod
+        tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=gm[:, None] & dvm[None, :])
 
 
 def _splits(n_rows: int, k: int, block_n: int) -> tuple[int, int]:
@@ -227,7 +174,7 @@ def sparse_attention(
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *idx_strides, *out.stride(),
         *(q_pos.stride() if dense else (0, 0)),
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        F32_DOT=f32, PRECISION="ieee", DENSE=dense, GM=next_pow2(g), NSP=next_pow2(n_splits), MERGE_PC=CONFIG["merge_pieces"],
+        F32_DOT=f32, PRECISION="ieee", DENSE=dense,
         num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"], **pdl_args(q),
     )
     return out

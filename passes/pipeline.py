@@ -2,7 +2,7 @@
 
 Order: find sites -> see through GQA repeats -> per-layer policy -> [user passes, position
 "before_rewrite": change policies] -> add cache inputs -> rewrite -> [user passes, position
-"after_rewrite": rework hatac ops] -> fuse select + attention -> stack sibling linears -> dead-code elimination (always last).
+"after_rewrite": rework hatac ops] -> stack sibling linears -> dead-code elimination (always last).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hatac.passes.base import PassBase
 from hatac.passes.cache_inputs import AddCacheInputs
 from hatac.passes.cleanup import EliminateDeadCode
 from hatac.passes.find_attention import FindAttentionSites
-from hatac.passes.fusions import FuseEncodeStep, FuseSelectAttention
+from hatac.passes.fusions import FuseEncodeStep
 from hatac.passes.layer_policy import AssignLayerPolicy
 from hatac.passes.observe import ExposeQueriesKeys
 from hatac.passes.repeat_kv import StripRepeatKV
@@ -29,14 +29,12 @@ AFTER_REWRITE = "after_rewrite"
 POSITIONS = (BEFORE_REWRITE, AFTER_REWRITE)
 
 
-def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False, fuse_linears: bool = False,
-                   fuse_select: bool = False) -> list[PassBase]:
+def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False, fuse_linears: bool = False) -> list[PassBase]:
     """hatac's passes with ``user_passes`` slotted in by their ``position`` attribute (default before_rewrite).
 
     ``fuse_encode`` (the recipe's setting) adds the built-in FuseEncodeStep fusion ahead of user passes
-    placed after the rewrite; ``fuse_select`` adds FuseSelectAttention and ``fuse_linears``
-    FuseSiblingLinears after them (user passes see the select and attention ops and the model's own
-    projections)."""
+    placed after the rewrite; ``fuse_linears`` adds FuseSiblingLinears after them (user passes see the
+    model's own projections)."""
     before, after = [], []
     for p in user_passes:
         position = getattr(p, "position", BEFORE_REWRITE)
@@ -54,7 +52,6 @@ def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False, 
         ExposeQueriesKeys(),
         *([FuseEncodeStep()] if fuse_encode else []),
         *after,
-        *([FuseSelectAttention()] if fuse_select else []),
         *([FuseSiblingLinears()] if fuse_linears else []),
         EliminateDeadCode(),
     ]

@@ -63,7 +63,7 @@ def test_load_round_trip_matches_converted_model(artifact, llama_dir):
 def test_inspect_and_generate(artifact):
     code, output = _cli("inspect", artifact, "--graph")
     assert code == 0, output
-    assert "hashed" in output and "dense" in output and "topk_attention" in output
+    assert "hashed" in output and "dense" in output and "hamming_topk" in output and "sparse_attenti" in output
     code, output = _cli("generate", artifact, "--prompt", "hello", "--max-new-tokens", 4)
     assert code == 0, output
 

@@ -30,8 +30,8 @@ def test_architecture_full_budget_equals_dense_and_padding(arch):
     hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=FULL, dense_layers=1, rbits=64))
     n_layers = model.config.num_hidden_layers
     decode_ops = _hatac_ops(hm.decode_graph)
-    assert decode_ops.count("hatac.topk_attention.default") == n_layers - 1  # select + attend, fused by default
-    assert decode_ops.count("hatac.hamming_topk.default") == decode_ops.count("hatac.sparse_attention.default") == 0
+    assert decode_ops.count("hatac.sparse_attention.default") == n_layers - 1
+    assert decode_ops.count("hatac.hamming_topk.default") == n_layers - 1
     assert decode_ops.count("hatac.cache_attention.default") == 1
     assert not any("scaled_dot_product" in str(n.target) for n in hm.decode_graph.graph.nodes)
     g = torch.Generator().manual_seed(0)
@@ -109,8 +109,7 @@ class _RecordSelections(TorchDispatchMode):
 @pytest.mark.parametrize("budget", [0.25, 5])
 def test_budget_fraction_or_count(budget):
     model = tiny_model("llama")
-    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=budget, dense_layers=2, rbits=64, sink=1, recent=1,
-                                               fuse_select=False))  # the selections are recorded from hamming_topk
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=budget, dense_layers=2, rbits=64, sink=1, recent=1))
     rec = _RecordSelections()
     with rec:
         hm.generate(torch.randint(3, 300, (1, 30)), max_new_tokens=4, do_sample=False, pad_token_id=0)

@@ -22,7 +22,7 @@ from models import tiny_model
 
 ops = torch.ops.hatac
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "EXPORT.md"
-CFG = dict(hash="random", budget=4, dense_layers=1, rbits=64, fuse_encode=False, fuse_select=False)  # fusions by hand
+CFG = dict(hash="random", budget=4, dense_layers=1, rbits=64, fuse_encode=False)  # the fusion applied by hand
 runner = CliRunner()
 
 
@@ -47,9 +47,7 @@ def plain():
 
 @pytest.fixture(scope="module")
 def fused(plain):
-    """Both decode fusions: FuseEncodeStep applied as a user pass, FuseSelectAttention by the recipe."""
-    cfg = hatac.HataConfig(**{**CFG, "fuse_select": True})
-    return hatac.convert(plain.hf_model, cfg, passes=[FuseEncodeStep()], hash_weights=plain.hash_weights)
+    return hatac.convert(plain.hf_model, hatac.HataConfig(**CFG), passes=[FuseEncodeStep()], hash_weights=plain.hash_weights)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +235,7 @@ def test_html_page(fused, tmp_path):
     # per graph: inputs, before, 2 layers, after
     assert parser.details == 2 * 5
     assert "http://" not in page and "https://" not in page and "<link" not in page  # self-contained
-    for op in ("hash_encode_step", "topk_attention", "cache_write", "cache_attention", "hash_encode"):
+    for op in ("hash_encode_step", "hamming_topk", "sparse_attention", "cache_write", "cache_attention", "hash_encode"):
         assert f'<span class="hatacop">{op}</span>' in page
     assert page.count('<tr class="hatac">') == sum(1 for g in (fused.decode_graph, fused.prefill_graph) for n in g.graph.nodes if str(n.target).startswith("hatac."))
     assert re.search(r'<details class="group" open><summary><b>layer 1</b><span class="tag hashed">hashed', page)

@@ -25,7 +25,7 @@ triton = pytest.importorskip("triton")
 
 from hatac import reference as ref  # noqa: E402
 
-_MODULES = ["_common", "hash_encode", "hamming_topk", "sparse_attention", "topk_attention"]
+_MODULES = ["_common", "hash_encode", "hamming_topk", "sparse_attention"]
 
 
 def _kernel_modules():
@@ -354,78 +354,6 @@ def test_sparse_attention_gpu(case):
     _check_attention("cuda", *case[:-1], seed=5, tol=case[-1])
     torch.cuda.synchronize()
     _counters_zero("sparse_attention")
-
-
-# ---------------------------------------------------------------------------------------------- select + attend
-
-
-def _check_topk_attention(device, b, hkv, g, s, t, nw, d, k, budget, sink, recent, window, dtype, seed, tol,
-                          distinct=None):
-    """The fused op's Triton body against sparse_attention(hamming_topk(...)) of the references; rows of
-    different lengths, outputs poisoned."""
-    gen = torch.Generator().manual_seed(seed)
-    qc = _codes((b, hkv * g, s, nw), device, gen, distinct)
-    kc = _codes((b, hkv, t, nw), device, gen, distinct)
-    q = torch.randn(b, hkv * g, s, d, generator=gen).to(device, dtype)
-    kcache = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
-    vcache = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
-    last = torch.randint(0, t, (b, 1), generator=gen)
-    pos = (last - torch.arange(s).flip(0)).clamp_min(0).to(device)
-    scale = 1 / math.sqrt(d)
-    out = torch.full((b, hkv * g, s, d), float("nan"), dtype=dtype, device=device)
-    K["topk_attention"].topk_attention(q, qc, kc, kcache, vcache, pos, k, budget, scale, sink, recent, window, out=out)
-    want = ref.topk_attention(q.cpu().double(), qc.cpu(), kc.cpu(), kcache.cpu().double(), vcache.cpu().double(),
-                              pos.cpu(), k, budget, scale, sink, recent, window)
-    got = out.cpu().double()
-    assert torch.isfinite(got).all(), "unwritten or non-finite outputs"
-    err = ((got - want).norm() / want.norm()).item()
-    assert err < tol, f"relative error {err:.2e}"
-
-
-TOPK_ATTN_SMALL = [
-    # b, hkv, g, s, t, nw, d, k, budget, sink, recent, window, dtype, tol
-    (2, 2, 4, 1, 300, 4, 32, 24, 0.06, 0, 0, 0, torch.float32, 1e-5),
-    (1, 2, 3, 2, 200, 2, 48, 40, 40.0, 2, 8, 0, torch.bfloat16, 1e-2),  # winners cluster in the last split
-    (2, 1, 2, 1, 150, 1, 64, 16, 16.0, 1, 1, 60, torch.float16, 2e-3),  # sliding window
-    (1, 1, 8, 1, 90, 4, 32, 128, 128.0, 0, 0, 0, torch.float32, 1e-5),  # width above the length: all kept
-]
-
-
-@interp
-@pytest.mark.parametrize("programs", [None, 12])
-@pytest.mark.parametrize("case", TOPK_ATTN_SMALL)
-def test_topk_attention_interp(monkeypatch, case, programs):
-    """``programs`` 12: each program covers several of the fine pass's splits (3 at the first case's 40)."""
-    monkeypatch.setitem(K["hamming_topk"].INTERP_BLOCKS, "score", 32)  # several splits a row, several pieces to merge
-    monkeypatch.setitem(K["hamming_topk"].INTERP_BLOCKS, "select", 32)
-    monkeypatch.setitem(K["topk_attention"].CONFIG, "programs", programs)
-    *shape, dtype, tol = case
-    _check_topk_attention("cpu", *shape, dtype=dtype, seed=7, tol=tol)
-    _check_topk_attention("cpu", *shape, dtype=dtype, seed=8, tol=tol, distinct=3)  # ties; the hint from the last call
-    _counters_zero("topk_attention")
-
-
-TOPK_ATTN_GPU = [
-    (8, 8, 4, 1, 32768, 4, 128, 512, 0.015625, 0, 0, 0, torch.bfloat16, 1e-2),
-    (1, 8, 4, 1, 70000, 4, 128, 1094, 0.015625, 4, 64, 0, torch.bfloat16, 1e-2),
-    (2, 4, 8, 1, 9000, 8, 64, 300, 300.0, 0, 0, 4096, torch.float16, 2e-3),
-    (2, 2, 1, 1, 5000, 1, 256, 128, 128.0, 0, 0, 0, torch.bfloat16, 1e-2),
-    (1, 4, 4, 5, 3000, 4, 128, 100, 0.03, 1, 1, 0, torch.bfloat16, 1e-2),
-    (3, 2, 6, 1, 4000, 3, 96, 256, 256.0, 0, 8, 0, torch.float32, 1e-4),
-    (1, 1, 32, 1, 2000, 2, 128, 64, 64.0, 0, 0, 0, torch.bfloat16, 1e-2),
-]
-
-
-@pytest.mark.parametrize("case", TOPK_ATTN_GPU)
-@pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
-def test_topk_attention_gpu(case):
-    *shape, dtype, tol = case
-    _check_topk_attention("cuda", *shape, dtype=dtype, seed=9, tol=tol)
-    _check_topk_attention("cuda", *shape, dtype=dtype, seed=9, tol=tol)  # same codes: the selection hint hits
-    _check_topk_attention("cuda", *shape, dtype=dtype, seed=10, tol=tol, distinct=5)
-    torch.cuda.synchronize()
-    _counters_zero("topk_attention")
 
 
 # ---------------------------------------------------------------------------------------------- integration

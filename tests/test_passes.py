@@ -24,7 +24,7 @@ EXAMPLES = ROOT / "examples" / "passes"
 BUDGETS_PASS = f"{EXAMPLES / 'per_layer_budgets.py'}:PerLayerBudgets"
 DENSE_PASS = f"{EXAMPLES / 'keep_layers_dense.py'}:KeepLayersDense"
 BROKEN = Path(__file__).resolve().parent / "_user_passes.py"
-CFG = dict(hash="random", budget=4, dense_layers=2, rbits=64, fuse_encode=False, fuse_select=False)  # fusions by hand
+CFG = dict(hash="random", budget=4, dense_layers=2, rbits=64, fuse_encode=False)  # the fusion applied by hand
 runner = CliRunner()
 
 
@@ -260,7 +260,7 @@ def test_cli_convert_with_user_passes_replays_on_load(llama_dir, tmp_path, monke
     assert [s.to_dict() for s in loaded.layers.values()] == m["layers"]
     d = loaded.decode_graph
     assert _count(d, ops.hash_encode_step.default) == 1 and _count(d, ops.hash_encode.default) == 0
-    assert [n.args[7] for n in d.graph.nodes if n.target is ops.topk_attention.default] == [6.0]  # fuse_select: default
+    assert [n.args[4] for n in d.graph.nodes if n.target is ops.hamming_topk.default] == [6.0]
 
 
 @pytest.mark.parametrize(

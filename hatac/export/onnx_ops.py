@@ -123,14 +123,6 @@ def hash_encode_step(q, k, w, k_codes, write_pos):
     return hatac_opset.HashEncodeStep(q, k, w, k_codes, write_pos)
 
 
-def topk_attention(q, q_codes, k_codes, k_cache, v_cache, q_pos, k, budget: float, scale: float, sink: int = 0,
-                   recent: int = 0, window: int = 0):
-    """The fused select-and-attend op exports as the two ops it is defined as (a runtime implements the
-    primitives; fusing them is its own business)."""
-    idx = hatac_opset.HammingTopK(q_codes, k_codes, q_pos, k, budget=budget, sink=sink, recent=recent, window=window)
-    return hatac_opset.SparseAttention(q, k_cache, v_cache, idx, scale=scale)
-
-
 def translation_table() -> dict:
     """torch op -> onnxscript function, for ``torch.onnx.export(custom_translation_table=...)``."""
     import hatac.export.functional  # noqa: F401  (registers hatac_export::hash_encode_step)
@@ -140,6 +132,5 @@ def translation_table() -> dict:
         hatac_ops.hash_encode.default: hash_encode,
         hatac_ops.hamming_topk.default: hamming_topk,
         hatac_ops.sparse_attention.default: sparse_attention,
-        hatac_ops.topk_attention.default: topk_attention,
         torch.ops.hatac_export.hash_encode_step.default: hash_encode_step,
     }
