@@ -1,10 +1,12 @@
 """Two questions for the next speedups, answered on the GPU in one run (graph-timed medians, us):
 
 1. Sibling GEMMs at decode (M = batch rows): q/k/v as three GEMMs against one on the concatenated
-   weight, gate/up as two against one. Llama-3-8B shapes, and the halves a rank holds on 2 GPUs.
-3. A Triton GEMV-style kernel for a few rows (M <= 16) against cuBLAS on the decode projections.
+   weight, gate/up as two against one. Llama-3-8B shapes, and the halves a rank holds on 2 GPUs
+   (``--only gemm``).
 2. The sparse attention's gather: K and V rows as two 256-byte rows of separate caches (hatac's layout)
-   against one 512-byte row of a cache that keeps a token's K and V side by side.
+   against one 512-byte row of a cache that keeps a token's K and V side by side (``--only gather``).
+3. A Triton GEMV-style kernel for a few rows (M <= 16) against cuBLAS on the decode projections
+   (``--only gemv``).
 
     python examples/gemm_gather_probe.py            # needs a CUDA GPU
 """
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from hatac.bench_kernels import _graph_bench as graph_ms, gather_kernel
+from hatac.bench_kernels import _graph_bench as graph_ms, time_gather
 
 
 def gemms(batches=(1, 4, 8)) -> None:
@@ -47,7 +49,6 @@ def gemms(batches=(1, 4, 8)) -> None:
 def gathers(points=((8, 32768, 1024), (8, 32768, 512), (8, 131072, 2048), (1, 131072, 2048))) -> None:
     dt = torch.bfloat16
     hkv, d = 8, 128
-    gather = gather_kernel()
     print(f"{'B':>2} {'T':>7} {'k':>5} {'two caches us':>14} {'TB/s':>5} {'K|V rows us':>12} {'TB/s':>5} {'ratio':>6}")
     for b, t, k in points:
         kc = torch.randn(b * hkv * t, d, device="cuda", dtype=dt)
@@ -57,21 +58,9 @@ def gathers(points=((8, 32768, 1024), (8, 32768, 512), (8, 131072, 2048), (1, 13
         idx = torch.rand(b * hkv, t, device="cuda", generator=gen).topk(k, dim=-1).indices.sort(-1).values
         rows = (idx + torch.arange(b * hkv, device="cuda")[:, None] * t).contiguous()
         nbytes = b * hkv * k * 2 * d * 2
-        res = {}
-        for name in ("two", "pair"):
-            best = float("inf")
-            for programs in (512, 1024, 2048):
-                for block in (32, 64):
-                    pieces = max(1, min(k // block, triton.cdiv(programs, b * hkv)))
-                    chunk = triton.cdiv(triton.cdiv(k, pieces), block) * block
-                    pieces = triton.cdiv(k, chunk)
-                    out = torch.empty(b * hkv * pieces, device="cuda")
-                    # separate caches: rows of D; side by side: rows of 2 D, V at an offset of D
-                    kp, vp, row = (kc, vc, d) if name == "two" else (kv[:, 0], kv[:, 1], 2 * d)
-                    fn = lambda: gather[(b * hkv, pieces)](kp, vp, rows, out, k, chunk, row, D=d, BLOCK_N=block, num_warps=4)  # noqa: E731
-                    best = min(best, graph_ms(fn))
-            res[name] = best
-        two, pair = res["two"], res["pair"]
+        geometry = dict(programs=(512, 1024, 2048), blocks=(32, 64))
+        two = time_gather(kc, vc, rows, d, d, **geometry)  # separate caches: rows of D
+        pair = time_gather(kv[:, 0], kv[:, 1], rows, 2 * d, d, **geometry)  # side by side: rows of 2 D, V at D
         print(f"{b:>2} {t:>7} {k:>5} {two * 1e3:>14.1f} {nbytes / two / 1e9:>5.2f} {pair * 1e3:>12.1f} {nbytes / pair / 1e9:>5.2f} {two / pair:>6.2f}")
         del kc, vc, kv
 

@@ -144,28 +144,36 @@ def gather_kernel():
     return _gather_sum
 
 
+def time_gather(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor, row: int, d: int,
+                programs=(512, 2048), blocks=(64,)) -> float:
+    """Graph-timed ms of :func:`gather_kernel` reading the K and V rows numbered in ``rows`` ((n, k) int64,
+    -1 = none; row r at ``k_rows`` / ``v_rows`` + r * ``row`` elements), best over launch geometries: about
+    ``programs`` programs, each gathering ``blocks`` rows a step."""
+    import triton
+
+    gather = gather_kernel()
+    n, k = rows.shape
+    best = float("inf")
+    for target in programs:
+        for block in blocks:
+            pieces = max(1, min(k // block, triton.cdiv(target, n)))
+            chunk = triton.cdiv(triton.cdiv(k, pieces), block) * block
+            pieces = triton.cdiv(k, chunk)
+            out = torch.empty(n * pieces, device=rows.device)
+            launch = lambda: gather[(n, pieces)](k_rows, v_rows, rows, out, k, chunk, row, D=d, BLOCK_N=block, num_warps=4)  # noqa: E731
+            best = min(best, _graph_bench(launch))
+    return best
+
+
 def _gather_probe():
     """The time a plain gather of the selected K and V rows takes, the part of the memory floor that copy
     bandwidth overstates (random 256-byte rows are not a stream)."""
-    import triton
-
-    _gather_sum = gather_kernel()
 
     def gather_ms(kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) -> float:
         b, hkv, t, d = kc.shape
-        k = idx.shape[-1]
         base = torch.arange(b * hkv, device=idx.device, dtype=torch.int64)[:, None] * t
-        flat = idx.reshape(b * hkv, k).to(torch.int64)
-        rows = torch.where(flat >= 0, flat + base, -1).contiguous()
-        best = float("inf")
-        for programs in (512, 2048):
-            pieces = max(1, min(k // 64, triton.cdiv(programs, b * hkv)))
-            chunk = triton.cdiv(triton.cdiv(k, pieces), 64) * 64
-            pieces = triton.cdiv(k, chunk)
-            out = torch.empty(b * hkv * pieces, device=kc.device)
-            launch = lambda: _gather_sum[(b * hkv, pieces)](kc, vc, rows, out, k, chunk, d, D=d, BLOCK_N=64, num_warps=4)  # noqa: E731
-            best = min(best, _graph_bench(launch))
-        return best
+        flat = idx.reshape(b * hkv, idx.shape[-1]).to(torch.int64)
+        return time_gather(kc, vc, torch.where(flat >= 0, flat + base, -1).contiguous(), d, d)
 
     return gather_ms
 
