@@ -78,6 +78,11 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true", help="sweep the scoring launch only")
     ap.add_argument("--select-blocks", action="store_true",
                     help="the whole step over the fine/write block size and warps, hint hitting, missing and off")
+    ap.add_argument("--variants", metavar="JSON",
+                    help='the whole step, hint hitting, missing and off, under each of a list of select CONFIG '
+                         'overrides, e.g. \'{"base": {"write_early_keys": false}, "default": {}}\'; timed in turns')
+    ap.add_argument("--spare", type=int, default=0,
+                    help="cache slots past the context (a static cache's room to grow, as in `hatac bench generate`)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +90,8 @@ def main() -> None:
     report = []
     for b, t, budget in [SHAPES[i] for i in args.only] if args.only else SHAPES:
         k = ref.topk_width(t, budget)
-        q, kn, kc, vc, w, codes, pos = decode_problem(b, t, hq, hkv, d, r)
+        q, kn, kc, vc, w, codes, pos = decode_problem(b, t + args.spare, hq, hkv, d, r)
+        pos -= args.spare  # the query at position t - 1 of a cache of t + spare slots
         qc = ENC.hash_encode_step(q, kn, w, codes, pos)
         idx = SEL.hamming_topk(qc, codes, pos, k, budget)
         scale = 1 / math.sqrt(d)
@@ -106,7 +112,21 @@ def main() -> None:
                 res["off"] = _us(step)
             return res
 
-        entry = {"batch": b, "context": t, "k": k}
+        entry = {"batch": b, "context": t, "k": k, "spare": args.spare}
+        if args.variants:
+            variants = json.loads(args.variants)
+            entry["variants"] = {name: [] for name in variants}
+            for _ in range(2):  # two turns, interleaved, so that drift shows as the spread within a variant
+                for name, override in variants.items():
+                    with mock.patch.dict(SEL.CONFIG, override):
+                        entry["variants"][name].append(hint_cases())
+            for name, runs in entry["variants"].items():
+                best = {case: round(min(run[case] for run in runs), 2) for case in runs[0]}
+                print(json.dumps({"batch": b, "context": t, "k": k, "spare": args.spare, "variant": name, **best}), flush=True)
+            report.append(entry)
+            del kc, vc, codes
+            torch.cuda.empty_cache()
+            continue
         if args.select_blocks:
             entry["select_blocks"] = []
             for block_t, warps in itertools.product([1024, 512, 256], [None, 2]):

@@ -36,6 +36,7 @@ class Launch:
     signature: dict
     constexprs: dict
     options: dict
+    attrs: dict = field(default_factory=dict)  # Triton's divisibility specialization, as the JIT computes it
 
 
 @dataclass
@@ -67,6 +68,14 @@ def _arg_type(value) -> str:
     raise TypeError(f"cannot type kernel argument {value!r}")
 
 
+def _divisible(value) -> bool:
+    """Whether the JIT would mark this argument divisible by 16 (a 16-byte-aligned pointer, an integer multiple
+    of 16), which decides vector widths and so registers: without it every load compiles scalar."""
+    if isinstance(value, torch.Tensor):
+        return value.data_ptr() % 16 == 0
+    return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
+
+
 @contextlib.contextmanager
 def recording(case: str, launches: list[Launch]):
     """Within: every hatac kernel launch is recorded, not run, and the wrappers take their GPU code paths."""
@@ -89,7 +98,8 @@ def recording(case: str, launches: list[Launch]):
         const_names = {p.name for p in self.params if p.is_constexpr}
         signature = {n: ("constexpr" if n in const_names else _arg_type(values[n])) for n in params}
         constexprs = {n: values[n] for n in params if n in const_names}
-        launches.append(Launch(case, self, signature, constexprs, options))
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(params) if n not in const_names and _divisible(values[n])}
+        launches.append(Launch(case, self, signature, constexprs, options, attrs))
 
     if not isinstance(sys.modules["hatac.kernels.hamming_topk"]._score_kernel, JITFunction):
         raise RuntimeError("the kernels were loaded for the interpreter: run with TRITON_INTERPRET unset, in a fresh process")
@@ -133,7 +143,7 @@ def compile_launch(launch: Launch, arch: int = 90) -> Result:
 
     name = launch.kernel.fn.__name__
     try:
-        src = ASTSource(fn=launch.kernel, signature=launch.signature, constexprs=launch.constexprs)
+        src = ASTSource(fn=launch.kernel, signature=launch.signature, constexprs=launch.constexprs, attrs=launch.attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
         return Result(launch.case, name, launch.options, True, _usage(compiled.asm["cubin"]))
     except Exception as exc:  # report every kernel, then fail
