@@ -67,7 +67,7 @@ def attention_floor_bytes(hm, batch: int, ctx: int) -> int:
     return total
 
 
-def profile_step(step, reps: int = 3, top: int = 14) -> list[dict]:
+def profile_step(step, reps: int = 3, top: int = 24) -> list[dict]:
     """GPU time per kernel of one decode step (the compiled step launched without its CUDA graph: the
     kernels are the same, the profiler attributes them reliably), largest first."""
     from torch.profiler import ProfilerActivity, profile

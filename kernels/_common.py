@@ -67,19 +67,6 @@ def grid_sync(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
-@triton.jit
-def prefetch_l2(ptr, nbytes):
-    """Ask the memory system to bring ``nbytes`` (a multiple of 16) from ``ptr`` (16-byte aligned) into L2, as one
-    Hopper bulk prefetch issued by the program's first thread. Only a hint: it reads nothing into registers, so
-    it may run before :func:`grid_sync` (L2 is where writes become coherent, so a line prefetched before the
-    previous kernel writes it is updated, not stale). sm_90 and later; callers gate it by a constexpr."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
-        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1,
-    )
-
-
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 

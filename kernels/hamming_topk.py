@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import budget_args, grid_sync, hw_flag, next_pow2, pdl_args, popcount, prefetch_l2, select_count
+from hatac.kernels._common import budget_args, grid_sync, hw_flag, next_pow2, pdl_args, popcount, select_count
 
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
 # Launch geometry (GPU); examples/tune_kernels.py sweeps these.
@@ -52,12 +52,11 @@ CONFIG = {
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
     # decode (one query row): keep each row's threshold bin between calls (selection_hint); HATAC_SELECT_HINT=0: off
     "hint": os.environ.get("HATAC_SELECT_HINT", "1") != "0",
-    # rows of the per-slot key buffer start at multiples of this many slots, whatever the cache length, so the
-    # JIT sees a stride divisible by 16 and vectorizes the key loads and stores (a static cache of 32K + 24
-    # slots otherwise compiles them element by element)
+    # Rows of the per-slot key buffer start every multiple of this many slots, whatever the cache length: the
+    # JIT then sees a row stride divisible by 16 and vectorizes the key stores and loads. A static cache of
+    # 32K + 24 slots (hatac bench generate's) otherwise compiles them one element at a time, and the write
+    # kernel needs 255 registers (docs/PERFORMANCE.md: 3.7 us a layer at B8/32K, 26 us at B8/128K).
     "key_row_align": 64,
-    "write_early_keys": True,
-    "score_l2_prefetch": True,  # bulk-prefetch each scoring split's codes into L2 before waiting on the encoder  # the write pass loads its first key block before summing the histograms
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 INTERP_BLOCKS = {"score": 64, "select": 128}  # block sizes under the interpreter (tests shrink them)
@@ -81,35 +80,23 @@ def _score_kernel(
     G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
     L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
     SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
-    HINT: tl.constexpr, NFB: tl.constexpr, L2_PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    HINT: tl.constexpr, NFB: tl.constexpr, PDL: tl.constexpr,
 ):
+    grid_sync(PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
-    c0 = split * CHUNK
-    k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
-    if L2_PREFETCH:  # this split's codes start toward L2 while the previous kernel (the encoder) still runs
-        n_pf = tl.minimum(c0 + CHUNK, T) - c0
-        prefetch_l2(k_base + c0.to(tl.int64) * NW, tl.maximum(n_pf, 0) * NW * 4)
-    grid_sync(PDL)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     hi = pos + 1
     lo = tl.where(window > 0, tl.maximum(hi - window, 0), 0)
     length = hi - lo
+    c0 = split * CHUNK
     start = tl.maximum(c0, lo)
     end = tl.minimum(tl.minimum(c0 + CHUNK, hi), T)
-    first = (start - c0) // BLOCK_T
-    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
-    # Codes are (T, NW) contiguous: a token's words are one vector load; one thread owns a token. The first
-    # block is loaded before the query's bit planes are built, so that arithmetic hides its round trip; with
-    # PREFETCH each next block is loaded before this one is scored, so a program's loads overlap.
-    w = tl.arange(0, NWP)
-    wmask = w[None, :] < NW
-    t = c0 + first * BLOCK_T + tl.arange(0, BLOCK_T)
-    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
 
     # Bit planes of c (how many of the G query heads set each bit) and of G - c, per word.
     g = tl.arange(0, GP)
+    w = tl.arange(0, NWP)
     bit = tl.arange(0, 32)
     qc = tl.load(
         qc_ptr + b.to(tl.int64) * sqb + (kv * G + g)[:, None] * sqh + s * sqs + w[None, :] * sqw,
@@ -133,7 +120,15 @@ def _score_kernel(
         cb_hint = tl.load(hint_ptr + row * 3)
         fine = tl.zeros((NFB,), dtype=tl.int32)
         n_hint = 0
+    k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
     key_base = keys_ptr + row.to(tl.int64) * KS
+    first = (start - c0) // BLOCK_T
+    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    # Codes are (T, NW) contiguous: a token's words are one vector load; one thread owns a token. With
+    # PREFETCH the next block's codes are loaded before this block is scored, so a program's loads overlap.
+    wmask = w[None, :] < NW
+    t = c0 + first * BLOCK_T + tl.arange(0, BLOCK_T)
+    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
     for i in range(first, last):
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
         inr = (t >= start) & (t < end)
@@ -152,7 +147,7 @@ def _score_kernel(
         rel = t - lo
         forced = (rel < sink) | (rel >= length - recent)
         key = tl.where(forced, 0, score + 1)
-        tl.store(key_base + t, key, mask=t < KS)  # whole block, padding included: vector stores
+        tl.store(key_base + t, key, mask=t < KS)  # whole block, row padding included: vector stores
         hist += tl.histogram(tl.where(inr, key >> SHIFT, 0), NCB)
         n_out += BLOCK_T - tl.sum(inr.to(tl.int32), axis=0)
         if HINT:
@@ -208,7 +203,7 @@ def _fine_kernel(
     for i in range(first, last):
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
         inr = (t >= start) & (t < end)
-        key = tl.load(key_base + t, mask=t < KS, other=0).to(tl.int32)  # in the buffer; inr masks the rest
+        key = tl.load(key_base + t, mask=t < KS, other=0).to(tl.int32)  # vector loads; inr masks slots past T
         coarse = key >> SHIFT
         match = inr & (coarse == cb)
         fine += tl.histogram(tl.where(match, key & (NFB - 1), 0), NFB)
@@ -227,8 +222,7 @@ def _write_kernel(
     S, Hkv, T, KS, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, EARLY: tl.constexpr,
-    PDL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -236,24 +230,6 @@ def _write_kernel(
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
-    c0 = split * CHUNK
-    start = tl.maximum(c0, lo)
-    end = tl.minimum(c0 + CHUNK, hi_c)
-    key_base = keys_ptr + row.to(tl.int64) * KS
-    out_base = idx_ptr + row.to(tl.int64) * K
-    first = (start - c0) // BLOCK_T
-    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
-    # Blocks are (words, 32 slots). Winners are packed into 32-bit words; prefix sums over words place
-    # them, and a short loop peels each word's set bits in slot order (as many rounds as the fullest word
-    # has bits: a few at budgets of a few percent), so no per-slot scan is needed.
-    j = tl.arange(0, 32)
-    bit = 1 << j
-    wi = tl.arange(0, BLOCK_T // 32)
-    # The first block's keys do not depend on the threshold: with EARLY their load is issued before the
-    # histogram loads, so the two round trips overlap instead of following each other.
-    t_next = c0 + first * BLOCK_T + wi[:, None] * 32 + j[None, :]
-    if EARLY:
-        key_next = tl.load(key_base + t_next, mask=t_next < tl.where(first < last, KS, 0), other=0)
     sp = tl.arange(0, NSP)
     fb = tl.arange(0, NFB)
     spm = sp < n_splits
@@ -272,16 +248,24 @@ def _write_kernel(
     eq_seen = tl.sum(tl.where(before, eq_s, 0), axis=0)
     out_pos = tl.sum(tl.where(before, less_s, 0), axis=0) + tl.minimum(eq_seen, need_eq)
 
+    c0 = split * CHUNK
+    start = tl.maximum(c0, lo)
+    end = tl.minimum(c0 + CHUNK, hi_c)
+    key_base = keys_ptr + row.to(tl.int64) * KS
+    out_base = idx_ptr + row.to(tl.int64) * K
+    first = (start - c0) // BLOCK_T
+    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    # Blocks are (words, 32 slots). Winners are packed into 32-bit words; prefix sums over words place
+    # them, and a short loop peels each word's set bits in slot order (as many rounds as the fullest word
+    # has bits: a few at budgets of a few percent), so no per-slot scan is needed.
+    j = tl.arange(0, 32)
+    bit = 1 << j
+    wi = tl.arange(0, BLOCK_T // 32)
     for i in range(first, last):
         t = c0 + i * BLOCK_T + wi[:, None] * 32 + j[None, :]
         w0 = tl.min(t, axis=1)  # first slot of each word, laid out like the per-word sums below
         inr = (t >= start) & (t < end)
-        if EARLY:
-            key = key_next.to(tl.int32)
-            t_next = t + BLOCK_T
-            key_next = tl.load(key_base + t_next, mask=t_next < tl.where(i + 1 < last, KS, 0), other=0)
-        else:
-            key = tl.load(key_base + t, mask=t < KS, other=0).to(tl.int32)  # in the buffer; inr masks the rest
+        key = tl.load(key_base + t, mask=t < KS, other=0).to(tl.int32)  # vector loads; inr masks slots past T
         lt_w = tl.sum(tl.where(inr & (key < theta), bit[None, :], 0), axis=1)
         eq_w = tl.sum(tl.where(inr & (key == theta), bit[None, :], 0), axis=1)
         # One scan over words gives both exclusive prefixes: below-theta counts low, equal counts high.
@@ -334,16 +318,6 @@ def _splits(n_rows: int, t: int, block_t: int, programs: int, max_splits: int) -
     return triton.cdiv(t, chunk), chunk
 
 
-def _l2_prefetch(k_codes: torch.Tensor) -> bool:
-    """Whether the scoring pass prefetches its split's codes into L2 before its grid wait: a bulk prefetch
-    needs sm_90, 16-byte aligned rows and a token's words a multiple of 16 bytes; it only pays under
-    programmatic dependent launch, when a program can start before the encoder ends."""
-    return bool(
-        CONFIG["score_l2_prefetch"] and pdl_args(k_codes)["PDL"] and k_codes.shape[3] % 4 == 0
-        and k_codes.data_ptr() % 16 == 0 and k_codes.stride(0) % 4 == 0 and k_codes.stride(1) % 4 == 0
-    )
-
-
 def _block_t(codes: torch.Tensor) -> int:
     return CONFIG["score_block_t"] if hw_flag(codes) else INTERP_BLOCKS["score"]
 
@@ -366,10 +340,10 @@ def score_keys(
     q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, sink: int = 0, recent: int = 0, window: int = 0,
     hint: torch.Tensor | None = None,
 ):
-    """Launch 1 alone: (keys (rows, T), a view of a buffer whose rows are aligned; coarse histograms, plan, n_splits, chunk, fine histograms). Keys
-    outside a row's valid range are left unwritten. Also the scoring half of the scores + torch.topk
-    alternative. With a ``hint`` (rows, 3) it also histograms the low bits of the keys in each row's hinted
-    coarse bin (the last element of the result; None without a hint)."""
+    """Launch 1 alone: (keys (rows, T), a view of a buffer with aligned rows; coarse histograms, plan, n_splits,
+    chunk, fine histograms). Keys outside a row's valid range are left unwritten. Also the scoring half of the
+    scores + torch.topk alternative. With a ``hint`` (rows, 3) it also histograms the low bits of the keys in
+    each row's hinted coarse bin (the last element of the result; None without a hint)."""
     b, hq, s, nw = q_codes.shape
     k_codes, g, t, n_rows, p, keys = _prologue(q_codes, k_codes)
     hkv = k_codes.shape[1]
@@ -383,8 +357,7 @@ def score_keys(
         *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
         G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"],
         SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
-        HINT=hint is not None, NFB=p["NFB"], L2_PREFETCH=_l2_prefetch(k_codes), num_warps=CONFIG["score_warps"],
-        **pdl_args(q_codes),
+        HINT=hint is not None, NFB=p["NFB"], num_warps=CONFIG["score_warps"], **pdl_args(q_codes),
     )
     return keys, hist1, p, n_splits, chunk, hist2
 
@@ -483,7 +456,7 @@ def hamming_topk(
     _write_kernel[grid](
         q_pos, keys, hist2, less, cb, out, hint_arg, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        HINT=hint is not None, EARLY=CONFIG["write_early_keys"], num_warps=warps, **pdl_args(q_codes),
+        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
     )
     return out
 

@@ -200,16 +200,14 @@ def test_hamming_topk_many_splits_interp(monkeypatch, distinct):
 
 
 @interp
-@pytest.mark.parametrize("early", [True, False])
-def test_hamming_topk_long_splits_interp(monkeypatch, early):
-    """Few programs a row, so each scoring, fine and write program loops over many blocks (with ``early`` the
-    write pass loads the next block's keys while it places this block's winners)."""
+def test_hamming_topk_long_splits_interp(monkeypatch):
+    """Few programs a row, so each scoring, fine and write program loops over many blocks, over a key
+    buffer whose rows are padded past the cache length."""
     mod = K["hamming_topk"]
     for name in ("score", "select"):
         monkeypatch.setitem(mod.INTERP_BLOCKS, name, 32)
     for name in ("programs", "select_programs"):
         monkeypatch.setitem(mod.CONFIG, name, 4)
-    monkeypatch.setitem(mod.CONFIG, "write_early_keys", early)
     _check_topk("cpu", 2, 2, 4, 1, 330, 4, 24, 0.06, 1, 3, 0, seed=13)
     _check_topk("cpu", 1, 2, 2, 1, 300, 2, 40, 40.0, 0, 0, 100, seed=14, distinct=3)
     monkeypatch.setitem(mod.CONFIG, "hint", False)  # the fine pass's own geometry
