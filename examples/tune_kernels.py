@@ -79,8 +79,9 @@ def main() -> None:
     ap.add_argument("--select-blocks", action="store_true",
                     help="the whole step over the fine/write block size and warps, hint hitting, missing and off")
     ap.add_argument("--variants", metavar="JSON",
-                    help='the whole step, hint hitting, missing and off, under each of a list of select CONFIG '
-                         'overrides, e.g. \'{"base": {"write_early_keys": false}, "default": {}}\'; timed in turns')
+                    help='the whole step, hint hitting, missing and off, under each of named select CONFIG overrides '
+                         '(an "attention" entry overrides the attention CONFIG), e.g. '
+                         '\'{"default": {}, "capped": {"score_maxnreg": 64, "attention": {"maxnreg": 96}}}\'; timed in turns')
     ap.add_argument("--spare", type=int, default=0,
                     help="cache slots past the context (a static cache's room to grow, as in `hatac bench generate`)")
     args = ap.parse_args()
@@ -118,7 +119,8 @@ def main() -> None:
             entry["variants"] = {name: [] for name in variants}
             for _ in range(2):  # two turns, interleaved, so that drift shows as the spread within a variant
                 for name, override in variants.items():
-                    with mock.patch.dict(SEL.CONFIG, override):
+                    override = dict(override)
+                    with mock.patch.dict(ATT.CONFIG, override.pop("attention", {})), mock.patch.dict(SEL.CONFIG, override):
                         entry["variants"][name].append(hint_cases())
             for name, runs in entry["variants"].items():
                 best = {case: round(min(run[case] for run in runs), 2) for case in runs[0]}

@@ -67,6 +67,12 @@ def grid_sync(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+def reg_cap(maxnreg: int | None) -> dict:
+    """Launch arguments capping a kernel's registers a thread (ptxas ``maxrregcount``): fewer registers, more
+    programs resident on an SM. Empty (the compiler's choice) for None or where the interpreter runs."""
+    return {} if maxnreg is None or interpreting() else {"maxnreg": int(maxnreg)}
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 

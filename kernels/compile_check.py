@@ -92,7 +92,7 @@ def recording(case: str, launches: list[Launch]):
 
     def record(self, *args, grid, warmup, **kwargs):
         params = list(inspect.signature(self.fn).parameters)
-        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "launch_pdl") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "launch_pdl", "maxnreg") if k in kwargs}
         values = dict(zip(params, args))
         values.update(kwargs)
         const_names = {p.name for p in self.params if p.is_constexpr}

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import budget_args, grid_sync, hw_flag, next_pow2, pdl_args, popcount, select_count
+from hatac.kernels._common import budget_args, grid_sync, hw_flag, next_pow2, pdl_args, popcount, reg_cap, select_count
 
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
 # Launch geometry (GPU); examples/tune_kernels.py sweeps these.
@@ -57,6 +57,9 @@ CONFIG = {
     # 32K + 24 slots (hatac bench generate's) otherwise compiles them one element at a time, and the write
     # kernel needs 255 registers (docs/PERFORMANCE.md: 3.7 us a layer at B8/32K, 26 us at B8/128K).
     "key_row_align": 64,
+    # register caps (ptxas maxrregcount) for launches 1 and 2-3; None: the compiler's choice
+    "score_maxnreg": None, "select_maxnreg": None,
+    "split_round": "up",  # split lengths rounded up ("up") or down ("down") to whole blocks; see _splits
 }
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
 INTERP_BLOCKS = {"score": 64, "select": 128}  # block sizes under the interpreter (tests shrink them)
@@ -312,8 +315,18 @@ def plan(g: int, rbits: int) -> dict:
 
 def _splits(n_rows: int, t: int, block_t: int, programs: int, max_splits: int) -> tuple[int, int]:
     """Splits of the cache per row (a few tens at most: later launches read every split's histogram) and
-    their length in slots, aiming at ``programs`` programs."""
+    their length in slots, a whole number of blocks, aiming at ``programs`` programs.
+
+    ``CONFIG["split_round"]`` says how a split's length becomes whole blocks. "up" (the default) can give a
+    third fewer, longer splits for a cache a little past a power of two (32K + 24 slots: 22 splits of 3
+    blocks); "down" gives one short split more (33 of 2). Measured on H100 (docs/PERFORMANCE.md): "down"
+    makes a hint miss 4 us and a hintless select 6 us cheaper at B8/32K, but a hit 1.6 us dearer, so at a
+    real model's 2/3 hit rate the two are even and "up" stays."""
     want = max(1, min(max_splits, next_pow2(triton.cdiv(programs, n_rows))))
+    if CONFIG["split_round"] == "down":
+        chunk = max(1, triton.cdiv(t, want) // block_t) * block_t
+        if triton.cdiv(t, chunk) <= max_splits:
+            return triton.cdiv(t, chunk), chunk
     chunk = triton.cdiv(triton.cdiv(t, want), block_t) * block_t
     return triton.cdiv(t, chunk), chunk
 
@@ -358,6 +371,7 @@ def score_keys(
         G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"],
         SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
         HINT=hint is not None, NFB=p["NFB"], num_warps=CONFIG["score_warps"], **pdl_args(q_codes),
+        **reg_cap(CONFIG["score_maxnreg"]),
     )
     return keys, hist1, p, n_splits, chunk, hist2
 
@@ -451,12 +465,12 @@ def hamming_topk(
     _fine_kernel[grid](
         q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
-        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
+        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
     _write_kernel[grid](
         q_pos, keys, hist2, less, cb, out, hint_arg, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes),
+        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
     return out
 

@@ -17,11 +17,11 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args, self_reset_counters
+from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args, reg_cap, self_reset_counters
 
 _LOG2E = 1.4426950408889634
 # Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
-CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64}
+CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64, "maxnreg": None}  # maxnreg: ptxas cap
 
 
 @triton.jit
@@ -176,5 +176,6 @@ def sparse_attention(
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         F32_DOT=f32, PRECISION="ieee", DENSE=dense,
         num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"], **pdl_args(q),
+        **reg_cap(CONFIG["maxnreg"]),
     )
     return out

@@ -214,6 +214,31 @@ def test_hamming_topk_long_splits_interp(monkeypatch):
     _check_topk("cpu", 2, 2, 4, 1, 330, 4, 24, 0.06, 1, 3, 0, seed=15)
 
 
+@pytest.mark.parametrize("rounding", ["up", "down"])
+def test_select_split_geometry(monkeypatch, rounding):
+    """Splits are whole blocks that cover the cache, never more than the cap; rounding down keeps the planned
+    split count for a cache just past a power of two, rounding up takes fewer, longer splits."""
+    mod = K["hamming_topk"]
+    monkeypatch.setitem(mod.CONFIG, "split_round", rounding)
+    for t in (1, 100, 1000, 8192, 32768, 32792, 33792, 70000, 131096):
+        for rows, block, programs, cap in ((64, 512, 2048, 64), (64, 1024, 2048, 64), (8, 512, 2048, 64), (2, 64, 4096, 64)):
+            n, chunk = mod._splits(rows, t, block, programs, cap)
+            assert chunk % block == 0 and n * chunk >= t > (n - 1) * chunk and n <= cap, (t, rows, block, n, chunk)
+    assert mod._splits(64, 32792, 512, 2048, 64) == ((33, 1024) if rounding == "down" else (22, 1536))
+    assert mod._splits(64, 32768, 512, 2048, 64) == (32, 1024)
+
+
+@interp
+def test_key_buffer_rows_aligned():
+    """The per-slot key buffer's rows start at multiples of 64 slots whatever the cache length (vector
+    loads on GPU), and the keys the scoring pass leaves are those of the valid slots."""
+    mod = K["hamming_topk"]
+    gen = torch.Generator().manual_seed(3)
+    qc, kc = _codes((1, 4, 1, 2), "cpu", gen, None), _codes((1, 2, 100, 2), "cpu", gen, None)
+    keys = mod.score_keys(qc, kc, torch.tensor([[99]]))[0]
+    assert keys.shape == (2, 100) and keys.stride(0) == 128
+
+
 def _check_hinted(device, monkeypatch=None):
     """Decode-like repeated selections over one code cache: the second call with the same codes must find
     every row's threshold bin where the first left it (the fine pass skips its scan), then hints set to
