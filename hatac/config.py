@@ -31,8 +31,9 @@ class HataConfig:
     extra_dense: tuple[int, ...] = ()
     # Per-layer budget overrides {layer index: budget}.
     layer_budgets: dict[int, float] = field(default_factory=dict)
-    # Decode graphs encode the query and the new key in one op that also writes the key's code
-    # (hatac.passes.fusions.FuseEncodeStep): one kernel a layer instead of three. Same values.
+    # Decode graphs encode the query and the new key in one op that also writes the key's code, key and
+    # value rows (hatac.passes.fusions.FuseEncodeStep, FuseCacheWrites): one kernel a hashed layer
+    # instead of five. Same values.
     fuse_encode: bool = True
     # Linears that share an input (q/k/v, gate/up) run as one GEMM on their stacked weight
     # (hatac.passes.sibling_linears.FuseSiblingLinears): fewer, larger GEMMs at decode. Same math; the

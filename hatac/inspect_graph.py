@@ -37,7 +37,7 @@ def per_layer_counts(gm: fx.GraphModule, layer_paths: dict[str, int]) -> dict[in
     return counts
 
 
-ATTENTION_OPS = ("scaled_dot_product_attention", "hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write", "hash_encode_step")
+ATTENTION_OPS = ("scaled_dot_product_attention", "hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write", "hash_encode_step", "hash_encode_step_kv")
 
 
 def op_count_lines(model) -> list[str]:

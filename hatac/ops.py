@@ -97,6 +97,21 @@ def _(q, k, w, k_codes, write_pos):
     torch._check(w.shape[2] % 32 == 0, lambda: "hash bits must be a multiple of 32")
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], w.shape[2] // 32), dtype=torch.int32)
 
+@torch.library.custom_op("hatac::hash_encode_step_kv", mutates_args=("k_cache", "v_cache", "k_codes"))
+def hash_encode_step_kv(
+    q: Tensor, k: Tensor, v: Tensor, w: Tensor, k_cache: Tensor, v_cache: Tensor, k_codes: Tensor, write_pos: Tensor
+) -> Tensor:
+    """``hash_encode_step`` that also writes the new key and value rows into ``k_cache`` / ``v_cache`` at
+    ``write_pos``: a hashed decode layer's three cache updates and its hashing in one op."""
+    return reference.hash_encode_step_kv(q, k, v, w, k_cache, v_cache, k_codes, write_pos)
+
+
+@hash_encode_step_kv.register_fake
+def _(q, k, v, w, k_cache, v_cache, k_codes, write_pos):
+    torch._check(w.shape[2] % 32 == 0, lambda: "hash bits must be a multiple of 32")
+    return q.new_empty((q.shape[0], q.shape[1], q.shape[2], w.shape[2] // 32), dtype=torch.int32)
+
+
 # The ops a rewritten hashed layer is made of, by name, for passes, inspect and export.
 HATA_OPS = {
     "hash_encode": torch.ops.hatac.hash_encode.default,
@@ -105,6 +120,7 @@ HATA_OPS = {
     "cache_attention": torch.ops.hatac.cache_attention.default,
     "cache_write": torch.ops.hatac.cache_write.default,
     "hash_encode_step": torch.ops.hatac.hash_encode_step.default,
+    "hash_encode_step_kv": torch.ops.hatac.hash_encode_step_kv.default,
 }
 
 

@@ -86,6 +86,18 @@ def hash_encode_step(
     cache_write(k_codes, hash_encode(k, w), write_pos)
     return hash_encode(q, w)
 
+
+def hash_encode_step_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    k_codes: torch.Tensor, write_pos: torch.Tensor,
+) -> torch.Tensor:
+    """A decode step's cache writes and hashing in one op: exactly ``cache_write(k_cache, k, write_pos);
+    cache_write(v_cache, v, write_pos); hash_encode_step(q, k, w, k_codes, write_pos)``, so that a GPU
+    backend writes the new key and value rows in the launch that encodes them."""
+    cache_write(k_cache, k, write_pos)
+    cache_write(v_cache, v, write_pos)
+    return hash_encode_step(q, k, w, k_codes, write_pos)
+
 def keep_counts(lengths: torch.Tensor, budget: float, sink: int, recent: int) -> torch.Tensor:
     """Tokens each query keeps: a fraction of its valid length (budget < 1) or a count (>= 1).
 

@@ -6,7 +6,9 @@ Two forms:
   32-bit word (32 columns of W) at a time, so the float projection never reaches memory;
 - decode step (:func:`hash_encode_step`): a program takes the G query heads and the new key of one KV
   head (they share W) and writes the key's code straight into the code cache at ``write_pos``, so a
-  decode step hashes with one launch and no separate cache write.
+  decode step hashes with one launch and no separate cache write; given the K and V caches too
+  (``hatac::hash_encode_step_kv``), the same launch also writes the new key and value rows there, which
+  saves a hashed layer's two ``cache_write`` launches.
 
 Semantics are those of ``reference.hash_encode`` (bit j of word c is ``x @ W[:, 32c + j] > 0``). The
 projection keeps float32 accuracy on the tensor cores (16-bit operands multiply exactly; float32 W is
@@ -92,15 +94,19 @@ def _encode_kernel(
 
 @triton.jit
 def _encode_step_kernel(
-    q_ptr, k_ptr, w_ptr, qc_ptr, kc_ptr, wp_ptr,
-    S, Hkv, G, D, T,
+    q_ptr, k_ptr, w_ptr, qc_ptr, kc_ptr, wp_ptr, v_ptr, kcache_ptr, vcache_ptr,
+    S, Hkv, G, D, T, DV,
     sqb, sqh, sqs, sqd,
     skb, skh, sks, skd,
     swh, swd, swr,
     scb, sch, scs, scw,
     skcb, skch, skct, skcw,
     swpb, swps,
-    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr, PDL: tl.constexpr,
+    svb, svh, svs, svd,
+    sKb, sKh, sKt, sKd,
+    sVb, sVh, sVt, sVd,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_KV: tl.constexpr,
+    MODE: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     pid = tl.program_id(0)
@@ -130,6 +136,15 @@ def _encode_step_kernel(
     code = _pack_word(_project(x, wt, MODE))
     tl.store(q_out + c * scw, code, mask=r < G)
     tl.store(k_out + c * skcw, code, mask=k_mask)
+    if WRITE_KV:  # the first word's program also copies the new key and value rows into their caches
+        in_cache = (c == 0) & (wpos >= 0) & (wpos < T)
+        d_end = tl.where(in_cache, D, 0)  # the masks as compares: the interpreter mistypes bool-tensor & bool
+        dv_end = tl.where(in_cache, DV, 0)
+        k_row = tl.load(k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + d * skd, mask=d < d_end)
+        tl.store(kcache_ptr + b.to(tl.int64) * sKb + kv * sKh + wpos * sKt + d * sKd, k_row, mask=d < d_end)
+        dv = tl.arange(0, BLOCK_DV)
+        v_row = tl.load(v_ptr + b.to(tl.int64) * svb + kv * svh + s * svs + dv * svd, mask=dv < dv_end)
+        tl.store(vcache_ptr + b.to(tl.int64) * sVb + kv * sVh + wpos * sVt + dv * sVd, v_row, mask=dv < dv_end)
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -174,25 +189,46 @@ def hash_encode(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = Non
 
 def hash_encode_step(
     q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, k_codes: torch.Tensor, write_pos: torch.Tensor,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton body of ``hatac::hash_encode_step``: one launch encodes the query heads and the new keys,
-    writing the keys' codes into ``k_codes`` at ``write_pos``; returns the query codes."""
+    writing the keys' codes into ``k_codes`` at ``write_pos``; returns the query codes. With ``v``,
+    ``k_cache`` and ``v_cache`` it also writes the new key and value rows into those caches (the body of
+    ``hatac::hash_encode_step_kv``)."""
     b, hq, s, d = q.shape
     hkv, nw = _check(q, w)
     if k.shape != (b, hkv, s, d) or k_codes.shape[3] != nw or write_pos.shape != (b, s):
         raise ValueError("hash_encode_step: shapes of q, k, k_codes and write_pos do not agree")
+    write_kv = v is not None
+    if write_kv and (v.shape[:3] != (b, hkv, s) or k_cache.shape != (b, hkv, k_codes.shape[2], d)
+                     or v_cache.shape != (b, hkv, k_codes.shape[2], v.shape[3])):
+        raise ValueError("hash_encode_step: shapes of v, k_cache and v_cache do not agree with k and k_codes")
     g = hq // hkv
     if out is None:
         out = torch.empty((b, hq, s, nw), dtype=torch.int32, device=q.device)
     if out.numel() == 0:
         return out
+    if not write_kv:  # unused pointer arguments: the kernel reads none of them
+        v, k_cache, v_cache = k, k, k
+    dv = v.shape[3]
     _encode_step_kernel[(b * hkv * s, nw)](
-        q, k, w, out, k_codes, write_pos,
-        s, hkv, g, d, k_codes.shape[2],
+        q, k, w, out, k_codes, write_pos, v, k_cache, v_cache,
+        s, hkv, g, d, k_codes.shape[2], dv,
         *q.stride(), *k.stride(), *w.stride(), *out.stride(), *k_codes.stride(), *write_pos.stride(),
-        ROWS=max(16, next_pow2(g + 1)), BLOCK_D=max(16, next_pow2(d)),
+        *v.stride(), *k_cache.stride(), *v_cache.stride(),
+        ROWS=max(16, next_pow2(g + 1)), BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)),
+        WRITE_KV=write_kv,
         MODE=_mode(hw_flag(q), [q.dtype, k.dtype], w.dtype, native_ok=False), num_warps=4 if d <= 128 else 8,
         **pdl_args(q),
     )
     return out
+
+
+def hash_encode_step_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    k_codes: torch.Tensor, write_pos: torch.Tensor,
+) -> torch.Tensor:
+    """Triton body of ``hatac::hash_encode_step_kv``: :func:`hash_encode_step` that also writes the new key
+    and value rows into ``k_cache`` and ``v_cache`` at ``write_pos``, in the same launch."""
+    return hash_encode_step(q, k, w, k_codes, write_pos, v=v, k_cache=k_cache, v_cache=v_cache)

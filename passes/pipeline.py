@@ -2,7 +2,8 @@
 
 Order: find sites -> see through GQA repeats -> per-layer policy -> [user passes, position
 "before_rewrite": change policies] -> add cache inputs -> rewrite -> [user passes, position
-"after_rewrite": rework hatac ops] -> stack sibling linears -> dead-code elimination (always last).
+"after_rewrite": rework hatac ops] -> fold cache writes into the encode -> stack sibling linears ->
+dead-code elimination (always last).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hatac.passes.base import PassBase
 from hatac.passes.cache_inputs import AddCacheInputs
 from hatac.passes.cleanup import EliminateDeadCode
 from hatac.passes.find_attention import FindAttentionSites
-from hatac.passes.fusions import FuseEncodeStep
+from hatac.passes.fusions import FuseCacheWrites, FuseEncodeStep
 from hatac.passes.layer_policy import AssignLayerPolicy
 from hatac.passes.observe import ExposeQueriesKeys
 from hatac.passes.repeat_kv import StripRepeatKV
@@ -33,8 +34,8 @@ def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False, 
     """hatac's passes with ``user_passes`` slotted in by their ``position`` attribute (default before_rewrite).
 
     ``fuse_encode`` (the recipe's setting) adds the built-in FuseEncodeStep fusion ahead of user passes
-    placed after the rewrite; ``fuse_linears`` adds FuseSiblingLinears after them (user passes see the
-    model's own projections)."""
+    placed after the rewrite and FuseCacheWrites after them (user passes see the separate cache writes);
+    ``fuse_linears`` adds FuseSiblingLinears after them (user passes see the model's own projections)."""
     before, after = [], []
     for p in user_passes:
         position = getattr(p, "position", BEFORE_REWRITE)
@@ -52,6 +53,7 @@ def build_pipeline(user_passes: list[PassBase] = (), fuse_encode: bool = False, 
         ExposeQueriesKeys(),
         *([FuseEncodeStep()] if fuse_encode else []),
         *after,
+        *([FuseCacheWrites()] if fuse_encode else []),
         *([FuseSiblingLinears()] if fuse_linears else []),
         EliminateDeadCode(),
     ]

@@ -62,7 +62,8 @@ def test_soft_capping_is_refused_naming_layer_and_node():
 
 class _CountEncodes(TorchDispatchMode):
     """Counts rows hash-encoded, split by head count (keys have H_kv heads, queries H_q); the fused decode
-    op ``hash_encode_step(q, k, ...)`` encodes both its query and its new key."""
+    ops ``hash_encode_step(q, k, ...)`` and ``hash_encode_step_kv(q, k, ...)`` encode both their query and
+    their new key."""
 
     def __init__(self):
         super().__init__()
@@ -74,7 +75,7 @@ class _CountEncodes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is ops.hash_encode.default:
             self._add(args[0])
-        elif func is ops.hash_encode_step.default:
+        elif func in (ops.hash_encode_step.default, ops.hash_encode_step_kv.default):
             self._add(args[0])
             self._add(args[1])
         return func(*args, **(kwargs or {}))

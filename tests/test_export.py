@@ -17,7 +17,7 @@ import hatac
 from hatac.cli import app
 from hatac.export import export
 from hatac.export.common import clone_inputs, example_inputs, input_names
-from hatac.passes.fusions import FuseEncodeStep
+from hatac.passes.fusions import FuseCacheWrites, FuseEncodeStep
 from models import tiny_model
 
 ops = torch.ops.hatac
@@ -48,6 +48,12 @@ def plain():
 @pytest.fixture(scope="module")
 def fused(plain):
     return hatac.convert(plain.hf_model, hatac.HataConfig(**CFG), passes=[FuseEncodeStep()], hash_weights=plain.hash_weights)
+
+
+@pytest.fixture(scope="module")
+def folded(plain):
+    """Both decode fusions of the default recipe: the K and V writes inside the encode op."""
+    return hatac.convert(plain.hf_model, hatac.HataConfig(**CFG), passes=[FuseEncodeStep(), FuseCacheWrites()], hash_weights=plain.hash_weights)
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +94,17 @@ def test_fx_code_and_node_table(plain, tmp_path):
 
 # -- functional form (what ONNX exports) ------------------------------------------------------------------
 
-@pytest.mark.parametrize("which,variant", [("plain", "decode"), ("fused", "decode"), ("plain", "prefill")])
+@pytest.mark.parametrize("which,variant", [("plain", "decode"), ("fused", "decode"), ("folded", "decode"), ("plain", "prefill")])
 @torch.no_grad()
-def test_functional_graph_computes_what_the_graph_does(plain, fused, which, variant):
+def test_functional_graph_computes_what_the_graph_does(plain, fused, folded, which, variant):
     from hatac.export.functional import functionalize
 
-    model = {"plain": plain, "fused": fused}[which]
+    model = {"plain": plain, "fused": fused, "folded": folded}[which]
     gm = model.decode_graph if variant == "decode" else model.prefill_graph
+    assert which != "folded" or any(n.target is ops.hash_encode_step_kv.default for n in gm.graph.nodes)
     fgm, updated = functionalize(gm)
-    assert not any(n.target in (ops.cache_write.default, ops.hash_encode_step.default, ops.cache_attention.default) for n in fgm.graph.nodes)
+    mutating = (ops.cache_write.default, ops.hash_encode_step.default, ops.hash_encode_step_kv.default, ops.cache_attention.default)
+    assert not any(n.target in mutating for n in fgm.graph.nodes)
     caches = [n for n in input_names(gm) if n.startswith(("k_cache", "v_cache", "key_codes"))]
     assert updated == caches
     inputs = example_inputs(model, variant)
@@ -184,10 +192,21 @@ def test_onnx_domain_is_documented():
             assert f"`{a}`" in body, (name, a)
 
 
+def test_onnx_decode_folded(folded, tmp_path):
+    """The K and V writes folded into the encode op export as the standard scatters of the unfused graph."""
+    written = export(folded, "onnx", tmp_path / "onnx", graph="decode")
+    m, _, hatac_nodes = _onnx_checks(written[0], folded, "decode")
+    assert sorted(n.op_type for n in hatac_nodes) == ["HammingTopK", "HashEncodeStep", "SparseAttention"]
+    for cache in ("k_cache_1", "v_cache_1"):
+        assert sum(n.op_type == "ScatterElements" and cache in n.input for n in m.graph.node) == 1
+
+
 # -- pt2 ------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("which", ["fused", "folded"])
 @torch.no_grad()
-def test_pt2_programs_load_run_and_match_eager(fused, tmp_path):
+def test_pt2_programs_load_run_and_match_eager(fused, folded, which, tmp_path):
+    fused = {"fused": fused, "folded": folded}[which]
     written = export(fused, "pt2", tmp_path / "pt2")
     assert sorted(p.name for p in written) == ["decode.pt2", "prefill.pt2"]
     for variant in ("decode", "prefill"):

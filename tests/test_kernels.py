@@ -84,7 +84,9 @@ def _check_encode(device, b, h, hkv, s, d, r, dtype, w_dtype, seed):
     _assert_codes(out, x, w)
 
 
-def _check_encode_step(device, b, hkv, g, s, d, r, t, dtype, seed):
+def _check_encode_step(device, b, hkv, g, s, d, r, t, dtype, seed, dv=None):
+    """With ``dv``, the _kv form: the launch also writes the new key and value rows (values of width dv)
+    into poisoned K and V caches, which must equal the reference's two cache writes everywhere."""
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(b, hkv * g, s, d, generator=gen).to(device, dtype)
     k = torch.randn(b, hkv, s, d, generator=gen).to(device, dtype)
@@ -93,8 +95,17 @@ def _check_encode_step(device, b, hkv, g, s, d, r, t, dtype, seed):
     want_codes = codes.clone()
     write_pos = torch.stack([torch.randperm(t, generator=gen)[:s] for _ in range(b)]).to(device)
     out = torch.full((b, hkv * g, s, r // 32), POISON, dtype=torch.int32, device=device)
-    K["hash_encode"].hash_encode_step(q, k, w, codes, write_pos, out=out)
-    ref.hash_encode_step(q, k, w, want_codes, write_pos)
+    if dv is None:
+        K["hash_encode"].hash_encode_step(q, k, w, codes, write_pos, out=out)
+        ref.hash_encode_step(q, k, w, want_codes, write_pos)
+    else:
+        v = torch.randn(b, hkv, dv, s, generator=gen).to(device, dtype).transpose(2, 3)  # a strided view, as in graphs
+        kc = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
+        vc = torch.randn(b, hkv, t, dv, generator=gen).to(device, dtype)
+        want_kc, want_vc = kc.clone(), vc.clone()
+        K["hash_encode"].hash_encode_step(q, k, w, codes, write_pos, out=out, v=v, k_cache=kc, v_cache=vc)
+        ref.hash_encode_step_kv(q, k, v, w, want_kc, want_vc, want_codes, write_pos)
+        assert torch.equal(kc.cpu(), want_kc.cpu()) and torch.equal(vc.cpu(), want_vc.cpu())
     _assert_codes(out, q, w)
     written = torch.zeros(b, t, dtype=torch.bool)
     written.scatter_(1, write_pos.cpu(), True)
@@ -130,6 +141,12 @@ def test_hash_encode_step_interp(case):
     _check_encode_step("cpu", *case, seed=1)
 
 
+@interp
+@pytest.mark.parametrize("case,dv", [((2, 2, 2, 1, 64, 64, 9, torch.bfloat16), 64), ((1, 1, 3, 2, 32, 96, 5, torch.float32), 48)])
+def test_hash_encode_step_kv_interp(case, dv):
+    _check_encode_step("cpu", *case, seed=2, dv=dv)
+
+
 @pytest.mark.parametrize("case", ENCODE_GPU)
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
@@ -145,6 +162,7 @@ def test_hash_encode_gpu(case):
 @pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_hash_encode_step_gpu(case):
     _check_encode_step("cuda", *case, seed=3)
+    _check_encode_step("cuda", *case, seed=4, dv=case[4])
 
 
 # ---------------------------------------------------------------------------------------------- select
@@ -403,7 +421,7 @@ def test_import_registers_without_gpu():
     import hatac.kernels as kernels
 
     assert kernels.AVAILABLE
-    assert {"hash_encode", "hash_encode_step", "hamming_topk", "sparse_attention"} <= set(kernels.KERNELS)
+    assert {"hash_encode", "hash_encode_step", "hash_encode_step_kv", "hamming_topk", "sparse_attention"} <= set(kernels.KERNELS)
 
 
 def _decode_inputs(b=2, hkv=4, g=4, t=3000, d=128, r=128, seed=0):

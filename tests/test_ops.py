@@ -99,6 +99,22 @@ def test_cache_write_scatters_rows():
     assert torch.equal(cache[1, 0, 1:3], vals[1, 0])
 
 
+def test_hash_encode_step_kv_is_the_writes_then_the_encode_step():
+    gen = torch.Generator().manual_seed(5)
+    b, hq, hkv, s, t, d = 2, 4, 2, 1, 10, 16
+    q, k, v = torch.randn(b, hq, s, d, generator=gen), torch.randn(b, hkv, s, d, generator=gen), torch.randn(b, hkv, s, 8, generator=gen)
+    w = torch.randn(hkv, d, 64, generator=gen)
+    kc, vc, codes = torch.randn(b, hkv, t, d, generator=gen), torch.randn(b, hkv, t, 8, generator=gen), _codes(b, hkv, t, 2, gen=gen)
+    pos = torch.tensor([[7], [2]])
+    want = [x.clone() for x in (kc, vc, codes)]
+    ops.cache_write(want[0], k, pos)
+    ops.cache_write(want[1], v, pos)
+    want_q = ops.hash_encode_step(q, k, w, want[2], pos)
+    got_q = ops.hash_encode_step_kv(q, k, v, w, kc, vc, codes, pos)
+    assert torch.equal(got_q, want_q) and all(torch.equal(a, b) for a, b in zip((kc, vc, codes), want))
+    assert torch.equal(kc[0, :, 7], k[0, :, 0]) and torch.equal(vc[1, :, 2], v[1, :, 0])
+
+
 def test_opcheck_every_op():
     gen = torch.Generator().manual_seed(4)
     b, hq, hkv, s, t, d = 2, 4, 2, 3, 24, 16
@@ -113,6 +129,8 @@ def test_opcheck_every_op():
         (ops.sparse_attention.default, (x, kc, vc, idx, 0.25)),
         (ops.cache_attention.default, (x, kc, vc, q_pos, 0.25, 0)),
         (ops.cache_write.default, (kc.clone(), x[:, :hkv], q_pos)),
+        (ops.hash_encode_step.default, (x, x[:, :hkv], w, kcodes.clone(), q_pos)),
+        (ops.hash_encode_step_kv.default, (x, x[:, :hkv], x[:, hkv:], w, kc.clone(), vc.clone(), kcodes.clone(), q_pos)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

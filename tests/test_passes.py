@@ -14,7 +14,7 @@ from hatac.cli import app
 from hatac.errors import HatacError
 from hatac.manifest import MANIFEST_NAME
 from hatac.passes import PassContext, PatternPass, load_pass, pass_spec
-from hatac.passes.fusions import FuseEncodeStep
+from hatac.passes.fusions import FuseCacheWrites, FuseEncodeStep
 from hatac.passes.pattern import count_targets
 from models import tiny_model
 
@@ -97,6 +97,55 @@ def test_fuse_encode_step_decodes_identically(base, fused):
         assert torch.equal(hm.step(ca, step_ids), fused.step(cb, step_ids))
     for name, t in ca.tensors.items():
         assert torch.equal(t, cb.tensors[name]), name
+
+
+@pytest.fixture(scope="module")
+def folded(base):
+    model, hm = base
+    return hatac.convert(model, hatac.HataConfig(**CFG), passes=[FuseEncodeStep(), FuseCacheWrites()], hash_weights=hm.hash_weights)
+
+
+def test_fuse_cache_writes_folds_each_hashed_layers_writes(base, fused, folded):
+    _, hm = base
+    hashed = sum(s.hashed for s in hm.layers.values())
+    d1, d2 = fused.decode_graph, folded.decode_graph
+    assert _count(d2, ops.hash_encode_step_kv.default) == hashed and _count(d2, ops.hash_encode_step.default) == 0
+    assert _count(d2, ops.cache_write.default) == _count(d1, ops.cache_write.default) - 2 * hashed
+    for node in (n for n in d2.graph.nodes if n.target is ops.hash_encode_step_kv.default):
+        layer = node.meta["hatac_layer"]
+        assert [a.name for a in node.args[3:]] == [f"hatac_w_{layer}", f"k_cache_{layer}", f"v_cache_{layer}", f"key_codes_{layer}", "write_pos"]
+        assert [u.target for u in node.users] == [ops.hamming_topk.default]
+    # the dense layers keep their writes; the prefill graph has no decode fusion
+    assert _count(d2, ops.cache_write.default) == 2 * (len(hm.layers) - hashed)
+    assert _count(folded.prefill_graph, ops.hash_encode_step_kv.default) == 0
+
+
+@torch.no_grad()
+def test_fuse_cache_writes_decodes_identically(base, folded):
+    _, hm = base
+    ids = torch.randint(3, 300, (2, 14), generator=torch.Generator().manual_seed(2))
+    ca, cb = hm.new_cache(), folded.new_cache()
+    for step_ids in (ids, ids[:, :1], ids[:, 1:2], ids[:, 2:3]):
+        assert torch.equal(hm.step(ca, step_ids), folded.step(cb, step_ids))
+    for name, t in ca.tensors.items():
+        assert torch.equal(t, cb.tensors[name]), name
+
+
+def test_fuse_cache_writes_leaves_a_layer_whose_cache_is_read_in_between(base):
+    """A reader of the V cache between its write and the encode: moving the write past it would change
+    what it reads, so that layer keeps its separate writes."""
+    model, hm = base
+    d = hatac.convert(model, hatac.HataConfig(**CFG), passes=[FuseEncodeStep()], hash_weights=hm.hash_weights).decode_graph
+    step = next(n for n in d.graph.nodes if n.target is ops.hash_encode_step.default)
+    layer = step.meta["hatac_layer"]
+    v_cache = next(n for n in d.graph.nodes if n.name == f"v_cache_{layer}")
+    with d.graph.inserting_before(step):
+        d.graph.call_function(torch.ops.aten.sum.default, (v_cache,))
+    ctx = PassContext(config=hatac.HataConfig(**CFG), model=model, mode="decode", inputs={n.name: n for n in d.graph.nodes if n.op == "placeholder"})
+    FuseCacheWrites()(d, ctx)
+    kv = [n.meta["hatac_layer"] for n in d.graph.nodes if n.target is ops.hash_encode_step_kv.default]
+    left = [n.meta["hatac_layer"] for n in d.graph.nodes if n.target is ops.hash_encode_step.default]
+    assert left == [layer] and len(kv) == sum(s.hashed for s in hm.layers.values()) - 1 and layer not in kv
 
 
 def _toy_ctx():
@@ -259,7 +308,7 @@ def test_cli_convert_with_user_passes_replays_on_load(llama_dir, tmp_path, monke
     loaded = hatac.load(out, device="cpu")
     assert [s.to_dict() for s in loaded.layers.values()] == m["layers"]
     d = loaded.decode_graph
-    assert _count(d, ops.hash_encode_step.default) == 1 and _count(d, ops.hash_encode.default) == 0
+    assert _count(d, ops.hash_encode_step_kv.default) == 1 and _count(d, ops.hash_encode.default) == 0
     assert [n.args[4] for n in d.graph.nodes if n.target is ops.hamming_topk.default] == [6.0]
 
 

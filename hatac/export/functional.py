@@ -10,7 +10,8 @@ graph before export:
   (an out-of-place scatter on dim 2: ONNX ``ScatterElements``), and every later use of ``cache`` reads
   ``cache_new``;
 - ``hash_encode_step(q, k, W, key_codes, write_pos)`` becomes the functional
-  ``hatac_export::hash_encode_step`` returning ``(q_codes, key_codes_new)``;
+  ``hatac_export::hash_encode_step`` returning ``(q_codes, key_codes_new)``; ``hash_encode_step_kv``
+  becomes the two ``cache_update``s of its K and V writes followed by the same;
 - each updated graph input is returned after the logits, in input order: the step's outputs are
   ``(logits, k_cache_0_new, v_cache_0_new, ..., key_codes_L_new, ...)``;
 - with ``decompose_dense`` (the default), ``cache_attention`` (the dense path: prefill, and dense layers
@@ -104,8 +105,16 @@ def functionalize(gm: fx.GraphModule, decompose_dense: bool = True) -> tuple[fx.
             version.meta.update({k: v for k, v in node.meta.items() if k in ("hatac_layer", "nn_module_stack")})
             graph.erase_node(node)
             bump(cache, version)
-        elif node.op == "call_function" and node.target is ops.hash_encode_step.default:
-            q, k, w, codes, pos = node.args
+        elif node.op == "call_function" and node.target in (ops.hash_encode_step.default, ops.hash_encode_step_kv.default):
+            if node.target is ops.hash_encode_step_kv.default:  # the K and V writes, then the encode
+                q, k, v, w, k_cache, v_cache, codes, pos = node.args
+                for cache, values in ((k_cache, k), (v_cache, v)):
+                    with graph.inserting_before(node):
+                        version = graph.call_function(cache_update, (cache, values, pos))
+                    version.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ in ("hatac_layer", "nn_module_stack")})
+                    bump(cache, version)
+            else:
+                q, k, w, codes, pos = node.args
             with graph.inserting_before(node):
                 both = graph.call_function(torch.ops.hatac_export.hash_encode_step.default, (q, k, w, codes, pos))
                 q_codes = graph.call_function(operator.getitem, (both, 0))
