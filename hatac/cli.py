@@ -119,7 +119,7 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     max_calib_tokens: int = typer.Option(16384, help="Cut each calibration sample to this many tokens."),
     calib_effort: str = typer.Option("auto", help="Learned-hash training effort: auto (full on GPU, fast on CPU), fast, full."),
-    fuse_encode: bool = typer.Option(True, help="Decode graphs encode the query and the new key in one hash_encode_step op."),
+    fuse_encode: bool = typer.Option(True, help="Decode graphs encode the query and the new key, and write the new key, value and key code, in one op a hashed layer."),
     fuse_linears: bool = typer.Option(True, help="Linears that share an input (q/k/v, gate/up) run as one GEMM on their stacked weight."),
 ):
     """Convert MODEL into a HATA model artifact."""
