@@ -54,8 +54,8 @@ CONFIG = {
     "hint": os.environ.get("HATAC_SELECT_HINT", "1") != "0",
     # Rows of the per-slot key buffer start every multiple of this many slots, whatever the cache length: the
     # JIT then sees a row stride divisible by 16 and vectorizes the key stores and loads. A static cache of
-    # 32K + 24 slots (hatac bench generate's) otherwise compiles them one element at a time, and the write
-    # kernel needs 255 registers (docs/PERFORMANCE.md: 3.7 us a layer at B8/32K, 26 us at B8/128K).
+    # 32K + 24 slots (hatac bench generate's) otherwise compiles them one element at a time (docs/PERFORMANCE.md:
+    # 3.7 us a layer at B8/32K, 26 us at B8/128K).
     "key_row_align": 64,
     # register caps (ptxas maxrregcount) for launches 1 and 2-3; None: the compiler's choice
     "score_maxnreg": None, "select_maxnreg": None,
