@@ -69,6 +69,29 @@ def kernel_times(fn, iters: int = 20) -> dict:
     return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
 
 
+def time_variants(entry: dict, variants: dict, hint_cases) -> None:
+    """``hint_cases()`` under each named CONFIG override (an "attention" entry overrides the attention
+    CONFIG), two interleaved turns so that drift shows as the spread within a variant; prints the best."""
+    entry["variants"] = {name: [] for name in variants}
+    for _ in range(2):
+        for name, override in variants.items():
+            override = dict(override)
+            with mock.patch.dict(ATT.CONFIG, override.pop("attention", {})), mock.patch.dict(SEL.CONFIG, override):
+                entry["variants"][name].append(hint_cases())
+    for name, runs in entry["variants"].items():
+        best = {case: round(min(run[case] for run in runs), 2) for case in runs[0]}
+        print(json.dumps({**{key: entry[key] for key in ("batch", "context", "k", "spare")}, "variant": name, **best}), flush=True)
+
+
+def time_select_blocks(entry: dict, hint_cases) -> None:
+    """``hint_cases()`` over the fine/write block size and warps."""
+    entry["select_blocks"] = []
+    for block_t, warps in itertools.product([1024, 512, 256], [None, 2]):
+        with mock.patch.dict(SEL.CONFIG, {"select_block_t": block_t, "select_warps": warps}):
+            entry["select_blocks"].append({"select_block_t": block_t, "select_warps": warps, **hint_cases()})
+        print(json.dumps({**{key: entry[key] for key in ("batch", "context", "k")}, **entry["select_blocks"][-1]}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tune_out")
@@ -85,6 +108,19 @@ def main() -> None:
     ap.add_argument("--spare", type=int, default=0,
                     help="cache slots past the context (a static cache's room to grow, as in `hatac bench generate`)")
     args = ap.parse_args()
+    try:
+        variants = json.loads(args.variants) if args.variants else None
+    except json.JSONDecodeError as e:
+        ap.error(f"--variants is not JSON: {e}")
+    if variants is not None and not (isinstance(variants, dict) and all(isinstance(v, dict) for v in variants.values())):
+        ap.error('--variants takes an object of named overrides, e.g. \'{"default": {}}\'')
+    for name, override in (variants or {}).items():
+        unknown = [key for key in override if key != "attention" and key not in SEL.CONFIG]
+        unknown += [f"attention.{key}" for key in override.get("attention", {}) if key not in ATT.CONFIG]
+        if unknown:
+            ap.error(f"--variants {name!r}: no such setting {', '.join(unknown)}")
+    if args.spare < 0:
+        ap.error("--spare must be 0 or more")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     hq, hkv, d, r = 32, 8, 128, 128
@@ -114,68 +150,48 @@ def main() -> None:
             return res
 
         entry = {"batch": b, "context": t, "k": k, "spare": args.spare}
-        if args.variants:
-            variants = json.loads(args.variants)
-            entry["variants"] = {name: [] for name in variants}
-            for _ in range(2):  # two turns, interleaved, so that drift shows as the spread within a variant
-                for name, override in variants.items():
-                    override = dict(override)
-                    with mock.patch.dict(ATT.CONFIG, override.pop("attention", {})), mock.patch.dict(SEL.CONFIG, override):
-                        entry["variants"][name].append(hint_cases())
-            for name, runs in entry["variants"].items():
-                best = {case: round(min(run[case] for run in runs), 2) for case in runs[0]}
-                print(json.dumps({"batch": b, "context": t, "k": k, "spare": args.spare, "variant": name, **best}), flush=True)
-            report.append(entry)
-            del kc, vc, codes
-            torch.cuda.empty_cache()
-            continue
-        if args.select_blocks:
-            entry["select_blocks"] = []
-            for block_t, warps in itertools.product([1024, 512, 256], [None, 2]):
-                with mock.patch.dict(SEL.CONFIG, {"select_block_t": block_t, "select_warps": warps}):
-                    entry["select_blocks"].append({"select_block_t": block_t, "select_warps": warps, **hint_cases()})
-                print(json.dumps({"batch": b, "context": t, "k": k, **entry["select_blocks"][-1]}), flush=True)
-            report.append(entry)
-            del kc, vc, codes
-            torch.cuda.empty_cache()
-            continue
-        entry["graph_us"] = {
-            "dense": _us(lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True)),
-            "encode": _us(lambda: ENC.hash_encode_step(q, kn, w, codes, pos)),
-            "score": _us(lambda: SEL.score_keys(qc, codes, pos)),
-            "select": _us(lambda: SEL.hamming_topk(qc, codes, pos, k, budget)),
-            "attention": _us(lambda: ATT.sparse_attention(q, kc, vc, idx, scale)),
-        }
-        cases = hint_cases()
-        entry["graph_us"].update(total=cases["hit"], total_no_hint=cases["off"])
-        with mock.patch.dict(COMMON.PDL, {"enabled": False}):  # the kernels recompile without it
-            entry["graph_us"]["total_no_pdl"] = _us(step)
-        if hint is not None:
-            entry["graph_us"]["total_hint_miss"] = cases["miss"]
-            entry["graph_us"]["hint_reset_alone"] = _us(lambda: hint[:, 0].fill_(-1))
-        entry["kernels_us"] = kernel_times(step)
-        print(json.dumps({key: entry[key] for key in ("batch", "context", "k", "graph_us", "kernels_us")}), flush=True)
-        if not args.quick and not args.select_only:
-            entry["score"] = _sweep(
-                SEL.CONFIG,
-                {"score_block_t": [256, 512], "score_warps": [2, 4], "programs": [1024, 2048, 4096], "max_splits": [64],
-                 "score_prefetch": [True, False]},
-                lambda: SEL.score_keys(qc, codes, pos),
-            )
-        if not args.quick and not args.score_only:
-            entry["select"] = _sweep(
-                SEL.CONFIG,
-                {"select_block_t": [256, 512, 1024], "select_warps": [1, 2, 4], "select_programs": [2048, 4096],
-                 "select_max_splits": [64]},
-                lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
-            )
-        if not args.quick and not args.select_only and not args.score_only:
-            entry["attention"] = _sweep(
-                ATT.CONFIG,
-                {"block_n": [32, 64], "warps": [4], "stages": [1, 2], "programs": [528, 1056]},
-                lambda: ATT.sparse_attention(q, kc, vc, idx, scale),
-            )
-        print(json.dumps({key: entry[key] for key in ("score", "select", "attention") if key in entry}), flush=True)
+        if variants is not None:
+            time_variants(entry, variants, hint_cases)
+        elif args.select_blocks:
+            time_select_blocks(entry, hint_cases)
+        else:
+            entry["graph_us"] = {
+                "dense": _us(lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True)),
+                "encode": _us(lambda: ENC.hash_encode_step(q, kn, w, codes, pos)),
+                "score": _us(lambda: SEL.score_keys(qc, codes, pos)),
+                "select": _us(lambda: SEL.hamming_topk(qc, codes, pos, k, budget)),
+                "attention": _us(lambda: ATT.sparse_attention(q, kc, vc, idx, scale)),
+            }
+            cases = hint_cases()
+            entry["graph_us"].update(total=cases["hit"], total_no_hint=cases["off"])
+            with mock.patch.dict(COMMON.PDL, {"enabled": False}):  # the kernels recompile without it
+                entry["graph_us"]["total_no_pdl"] = _us(step)
+            if hint is not None:
+                entry["graph_us"]["total_hint_miss"] = cases["miss"]
+                entry["graph_us"]["hint_reset_alone"] = _us(lambda: hint[:, 0].fill_(-1))
+            entry["kernels_us"] = kernel_times(step)
+            print(json.dumps({key: entry[key] for key in ("batch", "context", "k", "graph_us", "kernels_us")}), flush=True)
+            if not args.quick and not args.select_only:
+                entry["score"] = _sweep(
+                    SEL.CONFIG,
+                    {"score_block_t": [256, 512], "score_warps": [2, 4], "programs": [1024, 2048, 4096], "max_splits": [64],
+                     "score_prefetch": [True, False]},
+                    lambda: SEL.score_keys(qc, codes, pos),
+                )
+            if not args.quick and not args.score_only:
+                entry["select"] = _sweep(
+                    SEL.CONFIG,
+                    {"select_block_t": [256, 512, 1024], "select_warps": [1, 2, 4], "select_programs": [2048, 4096],
+                     "select_max_splits": [64]},
+                    lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
+                )
+            if not args.quick and not args.select_only and not args.score_only:
+                entry["attention"] = _sweep(
+                    ATT.CONFIG,
+                    {"block_n": [32, 64], "warps": [4], "stages": [1, 2], "programs": [528, 1056]},
+                    lambda: ATT.sparse_attention(q, kc, vc, idx, scale),
+                )
+            print(json.dumps({key: entry[key] for key in ("score", "select", "attention") if key in entry}), flush=True)
         report.append(entry)
         del kc, vc, codes
         torch.cuda.empty_cache()

@@ -9,7 +9,7 @@ import torch.fx as fx
 import hatac.ops  # noqa: F401  (registers the hatac:: ops the patterns name)
 from hatac.passes.base import DECODE, PassBase, PassContext, PassResult
 from hatac.passes.cache_inputs import k_cache_name, v_cache_name
-from hatac.passes.pattern import PatternPass, count_targets
+from hatac.passes.pattern import _META_KEYS, PatternPass, count_targets
 
 ops = torch.ops.hatac
 
@@ -101,3 +101,22 @@ class FuseCacheWrites(PassBase):
                 if user not in moved and user is not step and order[write] < order[user] < order[step]:
                     return False
         return True
+
+
+def unfold_cache_writes(graph: fx.Graph) -> int:
+    """The inverse of :class:`FuseCacheWrites`, for consumers written for the separate ops (the functional
+    export, the evaluation's policy pass): every ``hash_encode_step_kv`` back into its K and V
+    ``cache_write`` followed by ``hash_encode_step``, in place. Returns how many were unfolded."""
+    unfolded = 0
+    for node in [n for n in graph.nodes if n.op == "call_function" and n.target is ops.hash_encode_step_kv.default]:
+        q, k, v, w, k_cache, v_cache, codes, pos = node.args
+        with graph.inserting_before(node):
+            writes = [graph.call_function(ops.cache_write.default, (cache, values, pos)) for cache, values in ((k_cache, k), (v_cache, v))]
+            step = graph.call_function(ops.hash_encode_step.default, (q, k, w, codes, pos))
+        for write in writes:
+            write.meta.update({key: node.meta[key] for key in _META_KEYS if key in node.meta})
+        step.meta.update(node.meta)
+        node.replace_all_uses_with(step)
+        graph.erase_node(node)
+        unfolded += 1
+    return unfolded

@@ -212,6 +212,34 @@ def test_pass_routes_every_hashed_layer_and_hash_policy_reproduces_hatac(tiny_ev
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_policy_pass_unfolds_a_folded_encode_and_keeps_its_kv_writes(tiny_eval):
+    """On a decode graph whose hashed layers write K and V inside ``hash_encode_step_kv`` (the default
+    recipe's, after FuseCacheWrites), the pass still routes every layer, drops the code writes and keeps
+    the K and V writes: the graph then computes what the same pass makes of the unfused graph."""
+    from types import SimpleNamespace
+
+    from hatac.evaluation import UseSelectionPolicy
+    from hatac.passes import PassContext
+
+    model, em = tiny_eval
+    ops = torch.ops.hatac
+    ids = torch.randint(3, 300, (1, 30), generator=torch.Generator().manual_seed(1))
+    logits = {}
+    for fuse in (True, False):
+        hm = hatac.convert(model, hatac.HataConfig(rbits=64, budget=7.0, dense_layers=2, hash="random", fuse_encode=fuse))
+        d = hm.decode_graph
+        assert sum(n.target is ops.hash_encode_step_kv.default for n in d.graph.nodes) == (2 if fuse else 0)
+        ctx = PassContext(config=hm.config, model=model, mode="decode", sites={i: SimpleNamespace(hashed=s.hashed) for i, s in hm.layers.items()})
+        UseSelectionPolicy(em.selector)(d, ctx)
+        targets = [n.target for n in d.graph.nodes]
+        assert ops.hash_encode_step_kv.default not in targets and ops.hash_encode_step.default not in targets
+        writes = [n for n in d.graph.nodes if n.target is ops.cache_write.default]
+        assert sorted(n.args[0].name for n in writes) == sorted(f"{c}_cache_{i}" for i in range(4) for c in "kv")
+        em.selector.set(HashPolicy(_tiny_w()), 7.0)
+        logits[fuse] = hm(ids, past_key_values=hm.new_cache(), hata_mode="decode").logits
+    assert torch.equal(logits[True], logits[False])
+
+
 def _tiny_w(r=64, seed=0):
     return {layer: torch.randn(2, 64, r, generator=torch.Generator().manual_seed(seed + layer)) for layer in (2, 3)}
 

@@ -9,8 +9,8 @@ budget are set on it at call time, so one converted graph runs every method at e
 same sparse attention, dense layers and cache as hatac itself.
 
 The key-code cache is no longer read, so the pass also drops the code writes (``hash_encode`` of the
-new keys, ``cache_write`` into ``key_codes_L``, or the fused ``hash_encode_step``, whose ``_kv`` form
-gives back its K and V writes) in both variants: a
+new keys, ``cache_write`` into ``key_codes_L``, or the fused ``hash_encode_step``; a
+``hash_encode_step_kv`` is first unfolded, so its K and V writes stay) in both variants: a
 policy hashes with its own W, and evaluation does not pay for codes nothing reads.
 """
 
@@ -23,6 +23,7 @@ from hatac.errors import HatacError
 from hatac.evaluation.policies import Policy, select
 from hatac.ops import op_name
 from hatac.passes.base import DECODE, PREFILL, PassBase, PassContext, PassResult
+from hatac.passes.fusions import unfold_cache_writes
 
 SELECTOR = "hatac_eval_selector"
 
@@ -61,6 +62,7 @@ class UseSelectionPolicy(PassBase):
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         graph = gm.graph
         gm.add_submodule(SELECTOR, self.selector)
+        unfolded = unfold_cache_writes(graph)
         replaced = 0
         for node in list(graph.nodes):
             if node.op != "call_function" or op_name(node.target) != "hamming_topk":
@@ -89,12 +91,4 @@ class UseSelectionPolicy(PassBase):
             elif name == "hash_encode_step" and not node.users:
                 graph.erase_node(node)
                 dropped += 1
-            elif name == "hash_encode_step_kv" and not node.users:  # keep its K and V writes
-                _q, k, v, _w, k_cache, v_cache, _codes, pos = node.args
-                with graph.inserting_before(node):
-                    for cache, values in ((k_cache, k), (v_cache, v)):
-                        write = graph.call_function(torch.ops.hatac.cache_write.default, (cache, values, pos))
-                        write.meta.update({key: val for key, val in node.meta.items() if key in ("hatac_layer", "nn_module_stack")})
-                graph.erase_node(node)
-                dropped += 1
-        return PassResult(gm, bool(replaced or dropped))
+        return PassResult(gm, bool(replaced or dropped or unfolded))

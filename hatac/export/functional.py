@@ -32,6 +32,7 @@ from torch import Tensor
 
 from hatac import reference
 from hatac.errors import HatacError
+from hatac.passes.fusions import unfold_cache_writes
 from hatac.passes.pattern import mutated_args
 
 ops = torch.ops.hatac
@@ -79,6 +80,7 @@ def _(q, k, w, k_codes, write_pos):
 def functionalize(gm: fx.GraphModule, decompose_dense: bool = True) -> tuple[fx.GraphModule, list[str]]:
     """The functional graph (sharing ``gm``'s parameters) and the names of the inputs it returns updated."""
     graph = copy.deepcopy(gm.graph)
+    unfold_cache_writes(graph)  # hash_encode_step_kv: its K and V writes become cache_updates below
     new_gm = fx.GraphModule(gm, graph, class_name=f"{type(gm).__name__}Functional")
     latest: dict[fx.Node, fx.Node] = {}  # original tensor -> its newest version
     root_of: dict[fx.Node, fx.Node] = {}  # a version -> the original tensor
@@ -105,16 +107,8 @@ def functionalize(gm: fx.GraphModule, decompose_dense: bool = True) -> tuple[fx.
             version.meta.update({k: v for k, v in node.meta.items() if k in ("hatac_layer", "nn_module_stack")})
             graph.erase_node(node)
             bump(cache, version)
-        elif node.op == "call_function" and node.target in (ops.hash_encode_step.default, ops.hash_encode_step_kv.default):
-            if node.target is ops.hash_encode_step_kv.default:  # the K and V writes, then the encode
-                q, k, v, w, k_cache, v_cache, codes, pos = node.args
-                for cache, values in ((k_cache, k), (v_cache, v)):
-                    with graph.inserting_before(node):
-                        version = graph.call_function(cache_update, (cache, values, pos))
-                    version.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ in ("hatac_layer", "nn_module_stack")})
-                    bump(cache, version)
-            else:
-                q, k, w, codes, pos = node.args
+        elif node.op == "call_function" and node.target is ops.hash_encode_step.default:
+            q, k, w, codes, pos = node.args
             with graph.inserting_before(node):
                 both = graph.call_function(torch.ops.hatac_export.hash_encode_step.default, (q, k, w, codes, pos))
                 q_codes = graph.call_function(operator.getitem, (both, 0))
