@@ -69,18 +69,24 @@ def kernel_times(fn, iters: int = 20) -> dict:
     return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
 
 
-def time_variants(entry: dict, variants: dict, hint_cases) -> None:
+def time_variants(entry: dict, variants: dict, hint_cases, step=None) -> None:
     """``hint_cases()`` under each named CONFIG override (an "attention" entry overrides the attention
-    CONFIG), two interleaved turns so that drift shows as the spread within a variant; prints the best."""
+    CONFIG), two interleaved turns so that drift shows as the spread within a variant; prints the best,
+    and with ``step`` each variant's per-kernel times with the hint hitting (profiler)."""
     entry["variants"] = {name: [] for name in variants}
-    for _ in range(2):
+    entry["variant_kernels_us"] = {}
+    for turn in range(2):
         for name, override in variants.items():
             override = dict(override)
             with mock.patch.dict(ATT.CONFIG, override.pop("attention", {})), mock.patch.dict(SEL.CONFIG, override):
                 entry["variants"][name].append(hint_cases())
+                if step is not None and turn == 0:
+                    entry["variant_kernels_us"][name] = kernel_times(step)
     for name, runs in entry["variants"].items():
         best = {case: round(min(run[case] for run in runs), 2) for case in runs[0]}
-        print(json.dumps({**{key: entry[key] for key in ("batch", "context", "k", "spare")}, "variant": name, **best}), flush=True)
+        kernels = entry["variant_kernels_us"].get(name, {})
+        print(json.dumps({**{key: entry[key] for key in ("batch", "context", "k", "spare")}, "variant": name, **best,
+                          "kernels_us": kernels}), flush=True)
 
 
 def time_select_blocks(entry: dict, hint_cases) -> None:
@@ -151,7 +157,7 @@ def main() -> None:
 
         entry = {"batch": b, "context": t, "k": k, "spare": args.spare}
         if variants is not None:
-            time_variants(entry, variants, hint_cases)
+            time_variants(entry, variants, hint_cases, step)
         elif args.select_blocks:
             time_select_blocks(entry, hint_cases)
         else:

@@ -118,11 +118,9 @@ def _score_kernel(
         base = 0
 
     hist = tl.zeros((NCB,), dtype=tl.int32)
-    n_out = 0
     if HINT:  # fine histogram of the bin that held the threshold at the previous step
         cb_hint = tl.load(hint_ptr + row * 3)
         fine = tl.zeros((NFB,), dtype=tl.int32)
-        n_hint = 0
     k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
     key_base = keys_ptr + row.to(tl.int64) * KS
     first = (start - c0) // BLOCK_T
@@ -151,18 +149,14 @@ def _score_kernel(
         forced = (rel < sink) | (rel >= length - recent)
         key = tl.where(forced, 0, score + 1)
         tl.store(key_base + t, key, mask=t < KS)  # whole block, row padding included: vector stores
-        hist += tl.histogram(tl.where(inr, key >> SHIFT, 0), NCB)
-        n_out += BLOCK_T - tl.sum(inr.to(tl.int32), axis=0)
+        hist += tl.histogram(key >> SHIFT, NCB, mask=inr)
         if HINT:
-            in_hint = inr & ((key >> SHIFT) == cb_hint)
-            fine += tl.histogram(tl.where(in_hint, key & (NFB - 1), 0), NFB)
-            n_hint += BLOCK_T - tl.sum(in_hint.to(tl.int32), axis=0)
+            fine += tl.histogram(key & (NFB - 1), NFB, mask=inr & ((key >> SHIFT) == cb_hint))
     bins = tl.arange(0, NCB)
-    hist -= tl.where(bins == 0, n_out, 0)  # out-of-range lanes were counted in bin 0
     tl.store(hist_ptr + (row.to(tl.int64) * n_splits + split) * NCB + bins, hist)
     if HINT:
         fb = tl.arange(0, NFB)
-        tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine - tl.where(fb == 0, n_hint, 0))
+        tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine)
 
 
 @triton.jit
