@@ -29,7 +29,9 @@ Scoring uses bit planes rather than G popcounts a word: with c the number of the
 set, the summed distance at a bit is ``k ? G - c : c``. Written in binary, plane j of that is
 ``P_j ^ (k & (P_j ^ N_j))`` (P_j, N_j: plane j of c and of G - c, fixed for the row), so a word costs one
 popcount per plane (1 + log2 G of them, one fewer for even G whose parity plane does not depend on k)
-instead of G.
+instead of G. Each program builds the planes with a bit-sliced ripple-carry count over the G query words
+(logic operations only; summing bits across threads cost 17 barriers a program), after issuing the load of
+its first block of key codes.
 """
 
 from __future__ import annotations
@@ -74,14 +76,41 @@ def _row_coords(row, S, Hkv):
 
 
 @triton.jit
+def _count_planes(q_base, sqh, w, wm, G: tl.constexpr, CLEAR: tl.constexpr):
+    """Bit-sliced count, per bit of each code word, of the G query heads whose bit is set (CLEAR: is clear):
+    a tuple of 8 words, plane j holding bit j of the count (G < 256). A ripple-carry add of each head's word
+    into the planes: a few logic operations a head, and no reduction across threads (no barrier)."""
+    p0 = tl.zeros(w.shape, tl.int32)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    p4 = p0
+    p5 = p0
+    p6 = p0
+    p7 = p0
+    for gi in tl.static_range(G):
+        x = tl.load(q_base + gi * sqh + w, mask=wm, other=0)
+        if CLEAR:
+            x = tl.where(wm, ~x, 0)
+        p0, x = p0 ^ x, p0 & x
+        p1, x = p1 ^ x, p1 & x
+        p2, x = p2 ^ x, p2 & x
+        p3, x = p3 ^ x, p3 & x
+        p4, x = p4 ^ x, p4 & x
+        p5, x = p5 ^ x, p5 & x
+        p6, x = p6 ^ x, p6 & x
+        p7 = p7 ^ x
+    return p0, p1, p2, p3, p4, p5, p6, p7
+
+
+@triton.jit
 def _score_kernel(
     qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr, hint_ptr, hist2_ptr,
     S, Hkv, T, KS, CHUNK, n_splits, window, sink, recent,
     sqb, sqh, sqs, sqw,
     skb, skh,
     spb, sps,
-    G: tl.constexpr, NW: tl.constexpr, GP: tl.constexpr, NWP: tl.constexpr,
-    L: tl.constexpr, LP: tl.constexpr, J0: tl.constexpr,
+    G: tl.constexpr, NW: tl.constexpr, NWP: tl.constexpr, L: tl.constexpr, J0: tl.constexpr,
     SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
     HINT: tl.constexpr, NFB: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -97,23 +126,25 @@ def _score_kernel(
     start = tl.maximum(c0, lo)
     end = tl.minimum(tl.minimum(c0 + CHUNK, hi), T)
 
-    # Bit planes of c (how many of the G query heads set each bit) and of G - c, per word.
-    g = tl.arange(0, GP)
+    # Codes are (T, NW) contiguous: a token's words are one vector load; one thread owns a token. The first
+    # block is loaded before the query's bit planes are built, and with PREFETCH each next block before this
+    # one is scored, so a program's loads overlap its arithmetic.
+    k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
+    first = (start - c0) // BLOCK_T
+    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    wk = tl.arange(0, NWP)
+    wmask = wk[None, :] < NW
+    t = c0 + first * BLOCK_T + tl.arange(0, BLOCK_T)
+    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + wk[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
+
+    # Bit planes, per code word, of c (how many of the G query heads set each bit) and of G - c.
     w = tl.arange(0, NWP)
-    bit = tl.arange(0, 32)
-    qc = tl.load(
-        qc_ptr + b.to(tl.int64) * sqb + (kv * G + g)[:, None] * sqh + s * sqs + w[None, :] * sqw,
-        mask=(g[:, None] < G) & (w[None, :] < NW), other=0,
-    )
-    c = tl.sum((qc[:, :, None] >> bit[None, None, :]) & 1, axis=0)  # (NWP, 32)
-    cn = tl.where(w[:, None] < NW, G - c, 0)
-    jv = J0 + tl.arange(0, LP)
-    p_pl = tl.sum(((c[:, None, :] >> jv[None, :, None]) & 1) << bit[None, None, :], axis=2)  # (NWP, LP)
-    n_pl = tl.sum(((cn[:, None, :] >> jv[None, :, None]) & 1) << bit[None, None, :], axis=2)
-    x_pl = p_pl ^ n_pl
+    wm = w < NW
+    q_base = qc_ptr + b.to(tl.int64) * sqb + (kv * G) * sqh + s * sqs
+    pc = _count_planes(q_base, sqh, w * sqw, wm, G, False)
+    nc = _count_planes(q_base, sqh, w * sqw, wm, G, True)
     if J0 == 1:  # even G: the parity plane equals that of c whatever the key's bit, a constant
-        par = tl.sum((c & 1) << bit[None, :], axis=1)
-        base = tl.sum(popcount(par, HW_POPC), axis=0)
+        base = tl.sum(popcount(pc[0], HW_POPC), axis=0)
     else:
         base = 0
 
@@ -121,30 +152,20 @@ def _score_kernel(
     if HINT:  # fine histogram of the bin that held the threshold at the previous step
         cb_hint = tl.load(hint_ptr + row * 3)
         fine = tl.zeros((NFB,), dtype=tl.int32)
-    k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
     key_base = keys_ptr + row.to(tl.int64) * KS
-    first = (start - c0) // BLOCK_T
-    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
-    # Codes are (T, NW) contiguous: a token's words are one vector load; one thread owns a token. With
-    # PREFETCH the next block's codes are loaded before this block is scored, so a program's loads overlap.
-    wmask = w[None, :] < NW
-    t = c0 + first * BLOCK_T + tl.arange(0, BLOCK_T)
-    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
     for i in range(first, last):
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
         inr = (t >= start) & (t < end)
         if PREFETCH:
             kw = kw_next
             tn = t + BLOCK_T
-            kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + w[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0)
+            kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + wk[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0)
         else:
-            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=inr[:, None] & wmask, other=0)
+            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + wk[None, :], mask=inr[:, None] & wmask, other=0)
         score = tl.zeros((BLOCK_T,), dtype=tl.int32) + base
-        for j in tl.static_range(L - J0):
-            pj = tl.sum(tl.where(jv[None, :] == J0 + j, p_pl, 0), axis=1)  # loop-invariant
-            xj = tl.sum(tl.where(jv[None, :] == J0 + j, x_pl, 0), axis=1)
-            dj = pj[None, :] ^ (kw & xj[None, :])
-            score += tl.sum(popcount(dj, HW_POPC), axis=1) << (J0 + j)
+        for j in tl.static_range(J0, L):
+            dj = pc[j][None, :] ^ (kw & (pc[j] ^ nc[j])[None, :])
+            score += tl.sum(popcount(dj, HW_POPC), axis=1) << j
         rel = t - lo
         forced = (rel < sink) | (rel >= length - recent)
         key = tl.where(forced, 0, score + 1)
@@ -303,7 +324,7 @@ def plan(g: int, rbits: int) -> dict:
     ncb = next_pow2((max_key >> shift) + 1)
     bits = g.bit_length()  # planes of values 0..g
     j0 = 1 if g % 2 == 0 else 0
-    return dict(SHIFT=shift, NCB=ncb, NFB=1 << shift, L=bits, LP=next_pow2(bits - j0), J0=j0,
+    return dict(SHIFT=shift, NCB=ncb, NFB=1 << shift, L=bits, J0=j0,
                 key_dtype=torch.int16 if max_key < 2**15 else torch.int32)
 
 
@@ -336,6 +357,8 @@ def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
     hkv, t = k_codes.shape[1], k_codes.shape[2]
     if k_codes.stride(3) != 1 or k_codes.stride(2) != nw:
         k_codes = k_codes.contiguous()
+    if hq // hkv > 255:  # _count_planes holds 8 bit planes
+        raise ValueError(f"the Triton Hamming select takes at most 255 query heads per KV head, got {hq // hkv}")
     p = plan(hq // hkv, nw * 32)
     n_rows = b * hkv * s
     align = CONFIG["key_row_align"]
@@ -362,7 +385,7 @@ def score_keys(
         q_codes, k_codes, q_pos, keys, hist1, hist1 if hint is None else hint, hist1 if hint is None else hist2,
         s, hkv, t, keys.stride(0), chunk, n_splits, window, sink, recent,
         *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
-        G=g, NW=nw, GP=next_pow2(g), NWP=next_pow2(nw), L=p["L"], LP=p["LP"], J0=p["J0"],
+        G=g, NW=nw, NWP=next_pow2(nw), L=p["L"], J0=p["J0"],
         SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
         HINT=hint is not None, NFB=p["NFB"], num_warps=CONFIG["score_warps"], **pdl_args(q_codes),
         **reg_cap(CONFIG["score_maxnreg"]),

@@ -191,6 +191,7 @@ TOPK_SMALL = [
     (1, 1, 8, 1, 50, 8, 20, 20.0, 4, 4, 0),  # G * R = 2048: a wide fine histogram
     (1, 2, 2, 1, 40, 2, 64, 64.0, 0, 0, 0),  # budget above every length: everything kept, padded
     (1, 1, 2, 1, 30, 2, 4, 0.5, 0, 0, 0),  # width below the keep count
+    (1, 1, 13, 1, 45, 2, 7, 0.15, 1, 0, 0),  # G = 13: four bit planes, the carry reaching the top one
 ]
 
 
