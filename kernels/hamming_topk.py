@@ -132,14 +132,13 @@ def _score_kernel(
     k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
     first = (start - c0) // BLOCK_T
     last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
-    wk = tl.arange(0, NWP)
-    wmask = wk[None, :] < NW
-    t = c0 + first * BLOCK_T + tl.arange(0, BLOCK_T)
-    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + wk[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
-
-    # Bit planes, per code word, of c (how many of the G query heads set each bit) and of G - c.
     w = tl.arange(0, NWP)
     wm = w < NW
+    wmask = wm[None, :]
+    t = c0 + first * BLOCK_T + tl.arange(0, BLOCK_T)
+    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
+
+    # Bit planes, per code word, of c (how many of the G query heads set each bit) and of G - c.
     q_base = qc_ptr + b.to(tl.int64) * sqb + (kv * G) * sqh + s * sqs
     pc = _count_planes(q_base, sqh, w * sqw, wm, G, False)
     nc = _count_planes(q_base, sqh, w * sqw, wm, G, True)
@@ -159,9 +158,9 @@ def _score_kernel(
         if PREFETCH:
             kw = kw_next
             tn = t + BLOCK_T
-            kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + wk[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0)
+            kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + w[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0)
         else:
-            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + wk[None, :], mask=inr[:, None] & wmask, other=0)
+            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=inr[:, None] & wmask, other=0)
         score = tl.zeros((BLOCK_T,), dtype=tl.int32) + base
         for j in tl.static_range(J0, L):
             dj = pc[j][None, :] ^ (kw & (pc[j] ^ nc[j])[None, :])
