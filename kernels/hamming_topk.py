@@ -76,31 +76,31 @@ def _row_coords(row, S, Hkv):
 
 
 @triton.jit
-def _count_planes(q_base, sqh, w, wm, G: tl.constexpr, CLEAR: tl.constexpr):
-    """Bit-sliced count, per bit of each code word, of the G query heads whose bit is set (CLEAR: is clear):
-    a tuple of 8 words, plane j holding bit j of the count (G < 256). A ripple-carry add of each head's word
-    into the planes: a few logic operations a head, and no reduction across threads (no barrier)."""
-    p0 = tl.zeros(w.shape, tl.int32)
-    p1 = p0
-    p2 = p0
-    p3 = p0
-    p4 = p0
-    p5 = p0
-    p6 = p0
-    p7 = p0
+def _ripple_add(p0, p1, p2, p3, p4, p5, p6, p7, x):
+    """Add the bits of word ``x`` into the bit-sliced counter p0..p7 (p0 least significant) by ripple carry."""
+    p0, x = p0 ^ x, p0 & x
+    p1, x = p1 ^ x, p1 & x
+    p2, x = p2 ^ x, p2 & x
+    p3, x = p3 ^ x, p3 & x
+    p4, x = p4 ^ x, p4 & x
+    p5, x = p5 ^ x, p5 & x
+    p6, x = p6 ^ x, p6 & x
+    return p0, p1, p2, p3, p4, p5, p6, p7 ^ x
+
+
+@triton.jit
+def _count_planes(q_base, sqh, w, wm, G: tl.constexpr):
+    """Bit-sliced counts, per bit of each code word, of the G query heads whose bit is set (c) and clear
+    (G - c): two tuples of 8 words, plane j holding bit j of the count (G < 256). Each head's word is loaded
+    once and added into both; logic operations only, no reduction across threads (no barrier)."""
+    z = tl.zeros(w.shape, tl.int32)
+    c0, c1, c2, c3, c4, c5, c6, c7 = z, z, z, z, z, z, z, z
+    n0, n1, n2, n3, n4, n5, n6, n7 = z, z, z, z, z, z, z, z
     for gi in tl.static_range(G):
         x = tl.load(q_base + gi * sqh + w, mask=wm, other=0)
-        if CLEAR:
-            x = tl.where(wm, ~x, 0)
-        p0, x = p0 ^ x, p0 & x
-        p1, x = p1 ^ x, p1 & x
-        p2, x = p2 ^ x, p2 & x
-        p3, x = p3 ^ x, p3 & x
-        p4, x = p4 ^ x, p4 & x
-        p5, x = p5 ^ x, p5 & x
-        p6, x = p6 ^ x, p6 & x
-        p7 = p7 ^ x
-    return p0, p1, p2, p3, p4, p5, p6, p7
+        c0, c1, c2, c3, c4, c5, c6, c7 = _ripple_add(c0, c1, c2, c3, c4, c5, c6, c7, x)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _ripple_add(n0, n1, n2, n3, n4, n5, n6, n7, tl.where(wm, ~x, 0))
+    return (c0, c1, c2, c3, c4, c5, c6, c7), (n0, n1, n2, n3, n4, n5, n6, n7)
 
 
 @triton.jit
@@ -140,8 +140,7 @@ def _score_kernel(
 
     # Bit planes, per code word, of c (how many of the G query heads set each bit) and of G - c.
     q_base = qc_ptr + b.to(tl.int64) * sqb + (kv * G) * sqh + s * sqs
-    pc = _count_planes(q_base, sqh, w * sqw, wm, G, False)
-    nc = _count_planes(q_base, sqh, w * sqw, wm, G, True)
+    pc, nc = _count_planes(q_base, sqh, w * sqw, wm, G)
     if J0 == 1:  # even G: the parity plane equals that of c whatever the key's bit, a constant
         base = tl.sum(popcount(pc[0], HW_POPC), axis=0)
     else:
