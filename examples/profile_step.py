@@ -28,7 +28,7 @@ def main() -> None:
     q, kn, kc, vc, w, codes, pos = decode_problem(args.batch, args.context)
     for _ in range(args.repeat):
         qc = enc.hash_encode_step(q, kn, w, codes, pos)
-        idx = sel.hamming_topk(qc, codes, pos, args.k, float(args.k))
+        idx = sel.hamming_topk(qc, codes, pos, args.k, float(args.k), k_cache=kc, v_cache=vc)
         att.sparse_attention(q, kc, vc, idx, 1 / math.sqrt(q.shape[-1]))
     torch.cuda.synchronize()
 

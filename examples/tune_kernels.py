@@ -141,7 +141,7 @@ def main() -> None:
 
         def step():
             qc_ = ENC.hash_encode_step(q, kn, w, codes, pos)
-            return ATT.sparse_attention(q, kc, vc, SEL.hamming_topk(qc_, codes, pos, k, budget), scale)
+            return ATT.sparse_attention(q, kc, vc, SEL.hamming_topk(qc_, codes, pos, k, budget, k_cache=kc, v_cache=vc), scale)
 
         hint = SEL.selection_hint(codes, b * hkv)
 

@@ -230,14 +230,14 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, gat
         qc = enc.hash_encode_step(q, kn, w, codes, pos)
         idx = sel.hamming_topk(qc, codes, pos, k, budget)
 
-        def step():
+        def step():  # as a decode graph calls them: the select is given the caches (it prefetches the rows)
             qc_ = enc.hash_encode_step(q, kn, w, codes, pos)
-            idx_ = sel.hamming_topk(qc_, codes, pos, k, budget)
+            idx_ = sel.hamming_topk(qc_, codes, pos, k, budget, k_cache=kc, v_cache=vc)
             return att.sparse_attention(q, kc, vc, idx_, scale)
 
         stage = {
             "encode": _graph_bench(lambda: enc.hash_encode_step(q, kn, w, codes, pos)),
-            "select": _graph_bench(lambda: sel.hamming_topk(qc, codes, pos, k, budget)),
+            "select": _graph_bench(lambda: sel.hamming_topk(qc, codes, pos, k, budget, k_cache=kc, v_cache=vc)),
             "attention": _graph_bench(lambda: att.sparse_attention(q, kc, vc, idx, scale)),
         }
         total = _graph_bench(step)

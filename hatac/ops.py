@@ -11,6 +11,8 @@ Semantics and shapes are documented on the reference functions.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -41,13 +43,18 @@ def hamming_topk(
     sink: int = 0,
     recent: int = 0,
     window: int = 0,
+    k_cache: Optional[Tensor] = None,
+    v_cache: Optional[Tensor] = None,
 ) -> Tensor:
-    """Slots of the k cached keys nearest in Hamming distance, one selection per KV head: (B, Hkv, S, k) int32."""
+    """Slots of the k cached keys nearest in Hamming distance, one selection per KV head: (B, Hkv, S, k) int32.
+
+    ``k_cache`` / ``v_cache``: the caches the selection will index, a hint only (the CUDA body prefetches the
+    selected rows into L2 for the attention that follows); the result does not depend on them."""
     return reference.hamming_topk(q_codes, k_codes, q_pos, k, budget, sink, recent, window)
 
 
 @hamming_topk.register_fake
-def _(q_codes, k_codes, q_pos, k, budget, sink=0, recent=0, window=0):
+def _(q_codes, k_codes, q_pos, k, budget, sink=0, recent=0, window=0, k_cache=None, v_cache=None):
     return q_codes.new_empty((q_codes.shape[0], k_codes.shape[1], q_codes.shape[2], k), dtype=torch.int32)
 
 

@@ -67,6 +67,41 @@ def grid_sync(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+@triton.jit
+def l2_prefetch(ptr, nbytes):
+    """Ask the L2 to fetch ``nbytes`` (a multiple of 16, > 0) from ``ptr`` (16-byte aligned): one Hopper bulk
+    prefetch (``cp.async.bulk.prefetch.L2``) issued by the program's first thread; nothing waits for it.
+
+    A kernel may issue it before :func:`grid_sync` even for memory the previous kernel is still writing:
+    a prefetch only warms the L2, the point of coherence, and the loads after the wait read what is there
+    then. sm_90 and later (kernels call it only with PDL on, which implies that)."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1,
+    )
+
+
+@triton.jit
+def l2_prefetch_lines(ptrs, mask, LINES: tl.constexpr):
+    """Per element: ``prefetch.global.L2`` of the LINES (1, 2 or 4) 128-byte lines from each pointer where
+    ``mask`` is set (load/store unit prefetches, no TMA; nothing waits for them)."""
+    if LINES == 1:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+            "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+    elif LINES == 2:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; @p prefetch.global.L2 [$1+128]; "
+            "mov.u32 $0, 0; }",
+            "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; @p prefetch.global.L2 [$1+128]; "
+            "@p prefetch.global.L2 [$1+256]; @p prefetch.global.L2 [$1+384]; mov.u32 $0, 0; }",
+            "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
 def reg_cap(maxnreg: int | None) -> dict:
     """Launch arguments capping a kernel's registers a thread (ptxas ``maxrregcount``): fewer registers, more
     programs resident on an SM. Empty (the compiler's choice) for None or where the interpreter runs."""

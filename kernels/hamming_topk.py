@@ -42,13 +42,23 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import budget_args, grid_sync, hw_flag, next_pow2, pdl_args, popcount, reg_cap, select_count
+from hatac.kernels._common import (
+    budget_args, grid_sync, hw_flag, l2_prefetch, l2_prefetch_lines, next_pow2, pdl_args, popcount, reg_cap, select_count,
+)
 
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
 # Launch geometry (GPU); examples/tune_kernels.py sweeps these.
 CONFIG = {
     "score_block_t": 512, "score_warps": 4, "programs": 2048, "max_splits": 64,  # launch 1
     "score_prefetch": True,  # load the next block of codes before scoring this one
+    # Before waiting for the previous kernel, ask the L2 for up to this many slots of the split's codes (Hopper
+    # bulk prefetch; 0: off). The first blocks only: whole splits of a long cache do not fit in the L2 at once.
+    "score_l2_prefetch": int(os.environ.get("HATAC_SCORE_L2_PREFETCH", "1024")),
+    "score_l2_ahead": 0,  # and, in the loop, bulk-prefetch the block this many blocks ahead (0: no)
+    # With the K/V caches passed in, the write pass prefetches the selected rows into L2 (HATAC_KV_PREFETCH=0:
+    # off) when they take at most this fraction of it. Bulk (TMA) prefetches a row made the write pass slower
+    # than the attention gained (H100, docs/PERFORMANCE.md); prefetch.global.L2 a 128-byte line is used.
+    "kv_prefetch": os.environ.get("HATAC_KV_PREFETCH", "1") != "0", "kv_prefetch_l2": 0.7,
     # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
@@ -106,30 +116,32 @@ def _count_planes(q_base, sqh, w, wm, G: tl.constexpr):
 @triton.jit
 def _score_kernel(
     qc_ptr, kc_ptr, qpos_ptr, keys_ptr, hist_ptr, hint_ptr, hist2_ptr,
-    S, Hkv, T, KS, CHUNK, n_splits, window, sink, recent,
+    S, Hkv, T, KS, CHUNK, n_splits, window, sink, recent, pf_slots,
     sqb, sqh, sqs, sqw,
     skb, skh,
     spb, sps,
     G: tl.constexpr, NW: tl.constexpr, NWP: tl.constexpr, L: tl.constexpr, J0: tl.constexpr,
     SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
-    HINT: tl.constexpr, NFB: tl.constexpr, PDL: tl.constexpr,
+    HINT: tl.constexpr, NFB: tl.constexpr, L2PF: tl.constexpr, L2_AHEAD: tl.constexpr, PDL: tl.constexpr,
 ):
-    grid_sync(PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
+    c0 = split * CHUNK
+    if L2PF:  # the split's codes into L2 while the previous kernel (the encoder) still runs
+        l2_prefetch(kc_ptr + b.to(tl.int64) * skb + kv * skh + c0 * NW, tl.minimum(tl.minimum(CHUNK, T - c0), pf_slots) * (NW * 4))
+    grid_sync(PDL)
+    k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     hi = pos + 1
     lo = tl.where(window > 0, tl.maximum(hi - window, 0), 0)
     length = hi - lo
-    c0 = split * CHUNK
     start = tl.maximum(c0, lo)
     end = tl.minimum(tl.minimum(c0 + CHUNK, hi), T)
 
     # Codes are (T, NW) contiguous: a token's words are one vector load; one thread owns a token. The first
     # block is loaded before the query's bit planes are built, and with PREFETCH each next block before this
     # one is scored, so a program's loads overlap its arithmetic.
-    k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
     first = (start - c0) // BLOCK_T
     last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
     w = tl.arange(0, NWP)
@@ -160,6 +172,10 @@ def _score_kernel(
             kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + w[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0)
         else:
             kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=inr[:, None] & wmask, other=0)
+        if L2_AHEAD > 0:  # keep the L2 that many blocks ahead of the loads
+            ta = c0 + (i + L2_AHEAD) * BLOCK_T
+            if ta < end:
+                l2_prefetch(k_base + ta * NW, (tl.minimum(ta + BLOCK_T, end) - ta) * (NW * 4))
         score = tl.zeros((BLOCK_T,), dtype=tl.int32) + base
         for j in tl.static_range(J0, L):
             dj = pc[j][None, :] ^ (kw & (pc[j] ^ nc[j])[None, :])
@@ -234,11 +250,12 @@ def _fine_kernel(
 
 @triton.jit
 def _write_kernel(
-    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr,
+    qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr, kc_ptr, vc_ptr,
     S, Hkv, T, KS, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
-    spb, sps,
+    spb, sps, skb, skh, skt, svb, svh, svt,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, KV_PF: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -277,6 +294,9 @@ def _write_kernel(
     j = tl.arange(0, 32)
     bit = 1 << j
     wi = tl.arange(0, BLOCK_T // 32)
+    if KV_PF:
+        k_row = kc_ptr + b.to(tl.int64) * skb + kv.to(tl.int64) * skh
+        v_row = vc_ptr + b.to(tl.int64) * svb + kv.to(tl.int64) * svh
     for i in range(first, last):
         t = c0 + i * BLOCK_T + wi[:, None] * 32 + j[None, :]
         w0 = tl.min(t, axis=1)  # first slot of each word, laid out like the per-word sums below
@@ -296,7 +316,11 @@ def _write_kernel(
             low = left & (-left)
             is_eq = (eq_w & low) != 0
             take = (left != 0) & ((~is_eq) | (eq_taken < keep))
-            tl.store(out_base + dst, w0 + popcount(low - 1, HW_POPC), mask=take)
+            slot = w0 + popcount(low - 1, HW_POPC)
+            tl.store(out_base + dst, slot, mask=take)
+            if KV_PF > 0:  # the winner's K and V rows into L2 for the attention that follows (KV_PF lines a row)
+                l2_prefetch_lines(k_row + slot.to(tl.int64) * skt, take, KV_PF)
+                l2_prefetch_lines(v_row + slot.to(tl.int64) * svt, take, KV_PF)
             dst += take.to(tl.int32)
             eq_taken += ((left != 0) & is_eq).to(tl.int32)
             left = left ^ low
@@ -364,6 +388,14 @@ def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
     return k_codes, hq // hkv, t, n_rows, p, keys
 
 
+def _l2_prefetch_slots(k_codes: torch.Tensor, nw: int) -> int:
+    """Slots of codes each scoring program bulk-prefetches into L2 before its wait; 0 (none) unless on Hopper
+    with PDL (the prefetch is issued before the wait) and every split's bytes are 16-aligned (a token's words
+    a multiple of 16 bytes, an aligned base)."""
+    ok = pdl_args(k_codes)["PDL"] and nw % 4 == 0 and k_codes.data_ptr() % 16 == 0
+    return max(0, int(CONFIG["score_l2_prefetch"])) if ok else 0
+
+
 def score_keys(
     q_codes: torch.Tensor, k_codes: torch.Tensor, q_pos: torch.Tensor, sink: int = 0, recent: int = 0, window: int = 0,
     hint: torch.Tensor | None = None,
@@ -377,18 +409,51 @@ def score_keys(
     hkv = k_codes.shape[1]
     block_t = _block_t(q_codes)
     n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["programs"], CONFIG["max_splits"])
+    pf_slots = _l2_prefetch_slots(k_codes, nw)
     hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
     hist2 = None if hint is None else torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=q_codes.device)
     _score_kernel[(n_rows, n_splits)](
         q_codes, k_codes, q_pos, keys, hist1, hist1 if hint is None else hint, hist1 if hint is None else hist2,
-        s, hkv, t, keys.stride(0), chunk, n_splits, window, sink, recent,
+        s, hkv, t, keys.stride(0), chunk, n_splits, window, sink, recent, pf_slots,
         *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
         G=g, NW=nw, NWP=next_pow2(nw), L=p["L"], J0=p["J0"],
         SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
-        HINT=hint is not None, NFB=p["NFB"], num_warps=CONFIG["score_warps"], **pdl_args(q_codes),
+        HINT=hint is not None, NFB=p["NFB"], L2PF=pf_slots > 0, L2_AHEAD=CONFIG["score_l2_ahead"] if pf_slots else 0,
+        num_warps=CONFIG["score_warps"],
+        **pdl_args(q_codes),
         **reg_cap(CONFIG["score_maxnreg"]),
     )
     return keys, hist1, p, n_splits, chunk, hist2
+
+
+def _kv_prefetch_rows(q_codes: torch.Tensor, k_cache, v_cache, n_sel: int) -> int:
+    """128-byte lines of one K (and V) row that the write pass prefetches for each selected slot: 1, 2 or 4,
+    or 0 for no prefetch. Only on Hopper with PDL, for caches (B, Hkv, T, D) of one row size, rows 16-byte
+    aligned, and when the ``n_sel`` selected K and V rows take at most ``CONFIG["kv_prefetch_l2"]`` of the
+    L2: rows prefetched past its size evict each other before the attention reads them (H100: slower at
+    B8/128K/2048, 67 MB; docs/PERFORMANCE.md)."""
+    if k_cache is None or v_cache is None or not CONFIG["kv_prefetch"] or not pdl_args(q_codes)["PDL"]:
+        return 0
+    row = k_cache.shape[-1] * k_cache.element_size()
+    if row not in (128, 256, 512) or v_cache.shape[-1] * v_cache.element_size() != row:
+        return 0
+    for c in (k_cache, v_cache):
+        if c.dim() != 4 or c.stride(-1) != 1 or c.data_ptr() % 16 or any(st * c.element_size() % 16 for st in c.stride()[:3]):
+            return 0
+    if 2 * n_sel * row > CONFIG["kv_prefetch_l2"] * _l2_bytes(q_codes.device):
+        return 0
+    return row // 128
+
+
+_L2_BYTES: dict[torch.device, int] = {}
+
+
+def _l2_bytes(device: torch.device) -> int:
+    if device.type != "cuda":  # compile_check records launches on CPU tensors as if on an H100 (50 MB)
+        return 50 << 20
+    if device not in _L2_BYTES:
+        _L2_BYTES[device] = int(torch.cuda.get_device_properties(device).L2_cache_size)
+    return _L2_BYTES[device]
 
 
 _HINTS: dict[tuple, torch.Tensor] = {}
@@ -441,9 +506,15 @@ def hamming_topk(
     sink: int = 0,
     recent: int = 0,
     window: int = 0,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Triton body of ``hatac::hamming_topk``: (B, Hkv, S, k) int32 slots, ascending, -1 padded."""
+    """Triton body of ``hatac::hamming_topk``: (B, Hkv, S, k) int32 slots, ascending, -1 padded.
+
+    With ``k_cache`` and ``v_cache`` ((B, Hkv, T, D) each, what the sparse attention will gather from), the
+    write pass also asks the L2 for the K and V rows of the slots it selects (``prefetch.global.L2``), so
+    the attention after it finds them there; only when those rows fit in the L2 (:func:`_kv_prefetch_rows`)."""
     b, hq, s, nw = q_codes.shape
     hkv, t = k_codes.shape[1], k_codes.shape[2]
     if out is None:
@@ -451,7 +522,8 @@ def hamming_topk(
     if s > _ROW_CHUNK:  # bound the per-call key buffer; decode never comes here
         for c0 in range(0, s, _ROW_CHUNK):
             out[:, :, c0 : c0 + _ROW_CHUNK] = hamming_topk(
-                q_codes[:, :, c0 : c0 + _ROW_CHUNK], k_codes, q_pos[:, c0 : c0 + _ROW_CHUNK], k, budget, sink, recent, window
+                q_codes[:, :, c0 : c0 + _ROW_CHUNK], k_codes, q_pos[:, c0 : c0 + _ROW_CHUNK], k, budget, sink, recent, window,
+                k_cache, v_cache,
             )
         return out
     if out.numel() == 0:
@@ -482,10 +554,13 @@ def hamming_topk(
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
         HINT=hint is not None, num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
+    kv_pf = _kv_prefetch_rows(q_codes, k_cache, v_cache, n_rows * k)
+    kc, vc = (k_cache, v_cache) if kv_pf else (keys, keys)
     _write_kernel[grid](
-        q_pos, keys, hist2, less, cb, out, hint_arg, *common,
+        q_pos, keys, hist2, less, cb, out, hint_arg, kc, vc, *common,
+        *(kc.stride()[:3] + vc.stride()[:3] if kv_pf else (0,) * 6),
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
+        HINT=hint is not None, KV_PF=kv_pf, num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
     return out
 

@@ -5,8 +5,10 @@ Hashed layer, decode variant::
     cache_write(k_cache, k, write_pos); cache_write(v_cache, v, write_pos)
     key_codes_new = hash_encode(k, W);   cache_write(key_codes, key_codes_new, write_pos)
     q_codes = hash_encode(q, W)
-    idx = hamming_topk(q_codes, key_codes, position_ids, topk_width, budget, sink, recent, window)
+    idx = hamming_topk(q_codes, key_codes, position_ids, topk_width, budget, sink, recent, window, k_cache, v_cache)
     out = sparse_attention(q, k_cache, v_cache, idx, scale)
+
+(the caches passed to ``hamming_topk`` are a hint: its GPU body prefetches the selected rows into L2.)
 
 Prefill variant, and dense layers in both variants: the writes (key codes too on hashed layers, so every
 key is encoded exactly once, when it enters the cache), then ``cache_attention`` over the cache.
@@ -104,6 +106,7 @@ class RewriteHashedAttention(PassBase):
                 idx = _call(
                     graph, site, ops.hamming_topk.default, q_codes, ctx.inputs[codes_name(site.layer)],
                     ctx.inputs["position_ids"], ctx.inputs[TOPK_WIDTH], float(site.budget), site.sink, site.recent, site.window,
+                    k_cache, v_cache,
                 )
                 out = _call(graph, site, ops.sparse_attention.default, site.q, k_cache, v_cache, idx, site.scale)
             _replace(site, out, gm)

@@ -168,7 +168,7 @@ def test_hash_encode_step_gpu(case):
 # ---------------------------------------------------------------------------------------------- select
 
 
-def _check_topk(device, b, hkv, g, s, t, nw, k, budget, sink, recent, window, seed, distinct=None, pos=None):
+def _check_topk(device, b, hkv, g, s, t, nw, k, budget, sink, recent, window, seed, distinct=None, pos=None, caches=None):
     gen = torch.Generator().manual_seed(seed)
     qc = _codes((b, hkv * g, s, nw), device, gen, distinct)
     kc = _codes((b, hkv, t, nw), device, gen, distinct)
@@ -177,7 +177,7 @@ def _check_topk(device, b, hkv, g, s, t, nw, k, budget, sink, recent, window, se
         pos = (last - torch.arange(s).flip(0)).clamp_min(0)
     pos = pos.to(device)
     out = torch.full((b, hkv, s, k), POISON, dtype=torch.int32, device=device)
-    K["hamming_topk"].hamming_topk(qc, kc, pos, k, budget, sink, recent, window, out=out)
+    K["hamming_topk"].hamming_topk(qc, kc, pos, k, budget, sink, recent, window, *(caches or ()), out=out)
     want = ref.hamming_topk(qc.cpu(), kc.cpu(), pos.cpu(), k, budget, sink, recent, window)
     assert torch.equal(out.cpu(), want), f"selection differs in {int((out.cpu() != want).sum())} places"
 
@@ -320,6 +320,22 @@ TOPK_GPU = [
 def test_hamming_topk_gpu(case):
     _check_topk("cuda", *case, seed=0)
     _check_topk("cuda", *case, seed=7, distinct=5)  # many ties
+
+
+@pytest.mark.parametrize("d, dtype, lines", [(128, torch.bfloat16, 2), (64, torch.float16, 1), (256, torch.bfloat16, 4), (128, torch.float32, 4), (256, torch.float32, 0)])
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_hamming_topk_kv_prefetch_gpu(d, dtype, lines):
+    """Given the K/V caches, the write pass prefetches the selected rows (lines a row, 0: a row size it
+    does not take); the selection is the same."""
+    mod = K["hamming_topk"]
+    for case in TOPK_GPU[:3]:
+        b, hkv, t = case[0], case[1], case[4]
+        kv = [torch.empty(b, hkv, t, d, dtype=dtype, device="cuda") for _ in range(2)]
+        qc = torch.zeros(b, hkv * case[2], case[3], case[5], dtype=torch.int32, device="cuda")
+        assert mod._kv_prefetch_rows(qc, *kv, 1) == (lines if mod.pdl_args(qc)["PDL"] else 0)
+        _check_topk("cuda", *case, seed=1, caches=kv)
+        _check_topk("cuda", *case, seed=8, distinct=5, caches=kv)
 
 
 @pytest.mark.gpu

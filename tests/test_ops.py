@@ -126,6 +126,7 @@ def test_opcheck_every_op():
     cases = [
         (ops.hash_encode.default, (x, w)),
         (ops.hamming_topk.default, (qc, kcodes, q_pos, 6, 6.0, 1, 1, 0)),
+        (ops.hamming_topk.default, (qc, kcodes, q_pos, 6, 6.0, 1, 1, 0, kc, vc)),  # the caches: a prefetch hint
         (ops.sparse_attention.default, (x, kc, vc, idx, 0.25)),
         (ops.cache_attention.default, (x, kc, vc, q_pos, 0.25, 0)),
         (ops.cache_write.default, (kc.clone(), x[:, :hkv], q_pos)),
@@ -134,3 +135,4 @@ def test_opcheck_every_op():
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+    assert torch.equal(ops.hamming_topk(qc, kcodes, q_pos, 6, 6.0, 1, 1, 0, kc, vc), idx)

@@ -111,7 +111,9 @@ def hash_encode(x, w):
     return hatac_opset.HashEncode(x, w)
 
 
-def hamming_topk(q_codes, k_codes, q_pos, k, budget: float, sink: int = 0, recent: int = 0, window: int = 0):
+def hamming_topk(q_codes, k_codes, q_pos, k, budget: float, sink: int = 0, recent: int = 0, window: int = 0,
+                 k_cache=None, v_cache=None):
+    """The caches are a prefetch hint of the CUDA body, not part of the op's meaning: not exported."""
     return hatac_opset.HammingTopK(q_codes, k_codes, q_pos, k, budget=budget, sink=sink, recent=recent, window=window)
 
 
