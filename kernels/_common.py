@@ -59,9 +59,10 @@ def pdl_args(t: torch.Tensor) -> dict:
 
 @triton.jit
 def grid_sync(PDL: tl.constexpr):
-    """First statement of every hatac kernel: with PDL, wait until the previous kernel in the stream has
-    finished and its writes are visible (the only safe point to read or overwrite what it touched), then let
-    the next kernel begin launching. Waiting first keeps at most one kernel queued behind a running one."""
+    """Called by every hatac kernel before it reads or writes memory (only :func:`l2_prefetch` hints may come
+    before it): with PDL, wait until the previous kernel in the stream has finished and its writes are
+    visible (the only safe point to read or overwrite what it touched), then let the next kernel begin
+    launching. Waiting first keeps at most one kernel queued behind a running one."""
     if PDL:
         gdc_wait()
         gdc_launch_dependents()

@@ -20,6 +20,12 @@ in that bin, and the fine pass's programs skip their scan when the bin is unchan
 row computes the same bin, so they decide alike). The write pass records the new bin and counts hits.
 The result never depends on the hint: a stale or missing one only costs the full fine pass.
 
+**Prefetches (Hopper).** Each scoring program asks the L2 for the first slots of its split's codes (one bulk
+prefetch) before it waits for the previous kernel, so they stream in while the encoder runs. Given the K/V
+caches, the write pass prefetches each selected slot's K and V rows into L2 as it writes the slot, for the
+sparse attention that gathers them next (when the selected rows fit in the L2). Both are hints: no result
+depends on them.
+
 Each kernel runs over rows x splits (program ids), one launch a pass, the launch boundary being the
 barrier each pass needs. (Running all three for a whole row in one program, one launch and no grid
 barrier, was 1.6x slower at batch 8 on H100: 64 programs cannot pull the codes fast enough.
