@@ -17,6 +17,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+import triton
 
 import hatac.kernels  # noqa: F401  (registers the ops, loads the kernel modules)
 from hatac.bench_kernels import _graph_bench, decode_problem
@@ -82,7 +83,7 @@ def select_probe(b=8, t=32768, spare=24, budget=1/64):
     def fine():
         SEL._fine_kernel[(n_rows, n_splits)](pos, keys, hist1, hist2, less, cb, hint, n_splits, *common, IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits), BLOCK_T=block_t, HINT=True, num_warps=1, **pdl_args(q))
     def write():
-        SEL._write_kernel[(n_rows, n_splits)](pos, keys, hist2, less, cb, out, hint, keys, keys, *common, *(0,) * 6, IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=next_pow2(n_splits), BLOCK_T=block_t, BLOCK_P=256, HW_POPC=True, HINT=True, KV_PF=0, num_warps=1, **pdl_args(q))
+        SEL._write_kernel[(n_rows, n_splits)](pos, keys, hist2, less, cb, out, hint, keys, keys, *common, *(0,) * 6, IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=next_pow2(n_splits), BLOCK_T=block_t, BLOCK_P=256, HW_POPC=True, HINT=True, KV_PF=0, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= SEL.CONFIG["write_prefetch_blocks"], num_warps=1, **pdl_args(q))
     def score():
         SEL._score_kernel[(n_rows, n_splits)](qc, codes, pos, keys, hist1, hint, hist2, 1, hkv, t + spare, keys.stride(0), chunk, n_splits, 0, 0, 0, pf, *qc.stride(), *codes.stride()[:2], *pos.stride(), G=hq // hkv, NW=4, NWP=4, L=p["L"], J0=p["J0"], SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=SEL.CONFIG["score_block_t"], HW_POPC=True, PREFETCH=True, HINT=True, NFB=p["NFB"], L2PF=pf > 0, L2_AHEAD=0, num_warps=4, **pdl_args(q))
     for _ in range(3): score(); fine(); write()

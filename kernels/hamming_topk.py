@@ -68,6 +68,9 @@ CONFIG = {
     # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
+    # Write pass: load the first block of keys before working out the threshold, when a split has at most this
+    # many blocks (H100: -1 to -1.5 us at 1.5 blocks, even at 2.5, +1 us at 4.5; docs/PERFORMANCE.md). 0: never.
+    "write_prefetch_blocks": 2,
     # decode (one query row): keep each row's threshold bin between calls (selection_hint); HATAC_SELECT_HINT=0: off
     "hint": os.environ.get("HATAC_SELECT_HINT", "1") != "0",
     # Rows of the per-slot key buffer start every multiple of this many slots, whatever the cache length: the
@@ -171,13 +174,12 @@ def _score_kernel(
     key_base = keys_ptr + row.to(tl.int64) * KS
     for i in range(first, last):
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
-        inr = (t >= start) & (t < end)
         if PREFETCH:
             kw = kw_next
             tn = t + BLOCK_T
             kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + w[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0)
         else:
-            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=inr[:, None] & wmask, other=0)
+            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
         if L2_AHEAD > 0:  # keep the L2 that many blocks ahead of the loads
             ta = c0 + (i + L2_AHEAD) * BLOCK_T
             if ta < end:
@@ -186,6 +188,7 @@ def _score_kernel(
         for j in tl.static_range(J0, L):
             dj = pc[j][None, :] ^ (kw & (pc[j] ^ nc[j])[None, :])
             score += tl.sum(popcount(dj, HW_POPC), axis=1) << j
+        inr = (t >= start) & (t < end)
         rel = t - lo
         forced = (rel < sink) | (rel >= length - recent)
         key = tl.where(forced, 0, score + 1)
@@ -261,7 +264,7 @@ def _write_kernel(
     spb, sps, skb, skh, skt, svb, svh, svt,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, KV_PF: tl.constexpr,
-    PDL: tl.constexpr,
+    KEY_PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -269,6 +272,17 @@ def _write_kernel(
     b, kv, s = _row_coords(row, S, Hkv)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     lo, hi_c, length, n_sel = select_count(pos, T, K, window, sink, recent, want_fixed, budget_bits, IS_FRAC)
+    c0 = split * CHUNK
+    start = tl.maximum(c0, lo)
+    end = tl.minimum(c0 + CHUNK, hi_c)
+    key_base = keys_ptr + row.to(tl.int64) * KS
+    first = (start - c0) // BLOCK_T
+    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
+    j = tl.arange(0, 32)
+    wi = tl.arange(0, BLOCK_T // 32)
+    if KEY_PREFETCH:  # the first block's keys in flight while the threshold is worked out
+        tk = c0 + first * BLOCK_T + wi[:, None] * 32 + j[None, :]
+        key_first = tl.load(key_base + tk, mask=tk < tl.where(first < last, KS, 0), other=0).to(tl.int32)
     sp = tl.arange(0, NSP)
     fb = tl.arange(0, NFB)
     spm = sp < n_splits
@@ -287,19 +301,11 @@ def _write_kernel(
     eq_seen = tl.sum(tl.where(before, eq_s, 0), axis=0)
     out_pos = tl.sum(tl.where(before, less_s, 0), axis=0) + tl.minimum(eq_seen, need_eq)
 
-    c0 = split * CHUNK
-    start = tl.maximum(c0, lo)
-    end = tl.minimum(c0 + CHUNK, hi_c)
-    key_base = keys_ptr + row.to(tl.int64) * KS
     out_base = idx_ptr + row.to(tl.int64) * K
-    first = (start - c0) // BLOCK_T
-    last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
     # Blocks are (words, 32 slots). Winners are packed into 32-bit words; prefix sums over words place
     # them, and a short loop peels each word's set bits in slot order (as many rounds as the fullest word
     # has bits: a few at budgets of a few percent), so no per-slot scan is needed.
-    j = tl.arange(0, 32)
     bit = 1 << j
-    wi = tl.arange(0, BLOCK_T // 32)
     if KV_PF:
         k_row = kc_ptr + b.to(tl.int64) * skb + kv.to(tl.int64) * skh
         v_row = vc_ptr + b.to(tl.int64) * svb + kv.to(tl.int64) * svh
@@ -307,7 +313,10 @@ def _write_kernel(
         t = c0 + i * BLOCK_T + wi[:, None] * 32 + j[None, :]
         w0 = tl.min(t, axis=1)  # first slot of each word, laid out like the per-word sums below
         inr = (t >= start) & (t < end)
-        key = tl.load(key_base + t, mask=t < KS, other=0).to(tl.int32)  # vector loads; inr masks slots past T
+        if KEY_PREFETCH and i == first:
+            key = key_first
+        else:
+            key = tl.load(key_base + t, mask=t < KS, other=0).to(tl.int32)  # vector loads; inr masks slots past T
         lt_w = tl.sum(tl.where(inr & (key < theta), bit[None, :], 0), axis=1)
         eq_w = tl.sum(tl.where(inr & (key == theta), bit[None, :], 0), axis=1)
         # One scan over words gives both exclusive prefixes: below-theta counts low, equal counts high.
@@ -566,7 +575,7 @@ def hamming_topk(
         q_pos, keys, hist2, less, cb, out, hint_arg, kc, vc, *common,
         *(kc.stride()[:3] + vc.stride()[:3] if kv_pf else (0,) * 6),
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        HINT=hint is not None, KV_PF=kv_pf, num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
+        HINT=hint is not None, KV_PF=kv_pf, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= CONFIG["write_prefetch_blocks"], num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
     return out
 
