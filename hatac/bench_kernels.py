@@ -102,7 +102,7 @@ def check(seed: int = 0) -> dict:
     res = {"encode_bit_mismatch": enc_bits, "encode_step_bit_mismatch": step_bits}
     for budget in DEFAULT_BUDGETS:
         k = ref.topk_width(t, budget)
-        idx = sel.hamming_topk(qc_ref.to(dev), codes_ref, pos, k, budget)
+        idx = sel.hamming_topk(qc_ref.to(dev), codes_ref, pos, k, budget, k_cache=kc, v_cache=vc)  # as decode calls it
         idx_ref = ref.hamming_topk(qc_ref, codes_ref.cpu(), pos.cpu(), k, budget)
         out = att.sparse_attention(q, kc, vc, idx, 1 / math.sqrt(d))
         out_ref = ref.sparse_attention(q.cpu().double(), kc.cpu().double(), vc.cpu().double(), idx_ref, 1 / math.sqrt(d))
