@@ -46,6 +46,17 @@ def test_architecture_full_budget_equals_dense_and_padding(arch):
     assert torch.equal(ours[1, 4:], alone[0])
 
 
+def test_selection_is_handed_the_caches_its_attention_reads(llama):
+    """Each decode hamming_topk gets, as its prefetch hint, the very K/V caches its sparse_attention gathers."""
+    _, hm = llama
+    tops = [n for n in hm.decode_graph.graph.nodes if "hamming_topk" in str(n.target)]
+    assert tops
+    for node in tops:
+        (attn,) = [u for u in node.users if "sparse_attention" in str(u.target)]
+        k_cache, v_cache = node.args[8:10]
+        assert (k_cache, v_cache) == attn.args[1:3]
+
+
 def test_gqa_and_head_dims_are_covered():
     dims = {tiny_model(a).config.head_dim if getattr(tiny_model(a).config, "head_dim", None) else None for a in ("llama", "llama-hd128")}
     assert dims == {64, 128}
