@@ -137,10 +137,10 @@ def _score_kernel(
     split = tl.program_id(1)
     b, kv, s = _row_coords(row, S, Hkv)
     c0 = split * CHUNK
-    if L2PF:  # the split's codes into L2 while the previous kernel (the encoder) still runs
-        l2_prefetch(kc_ptr + b.to(tl.int64) * skb + kv * skh + c0 * NW, tl.minimum(tl.minimum(CHUNK, T - c0), pf_slots) * (NW * 4))
-    grid_sync(PDL)
     k_base = kc_ptr + b.to(tl.int64) * skb + kv * skh
+    if L2PF:  # the split's codes into L2 while the previous kernel (the encoder) still runs
+        l2_prefetch(k_base + c0 * NW, tl.minimum(tl.minimum(CHUNK, T - c0), pf_slots) * (NW * 4))
+    grid_sync(PDL)
     pos = tl.load(qpos_ptr + b * spb + s * sps).to(tl.int32)
     hi = pos + 1
     lo = tl.where(window > 0, tl.maximum(hi - window, 0), 0)
@@ -464,8 +464,6 @@ _L2_BYTES: dict[torch.device, int] = {}
 
 
 def _l2_bytes(device: torch.device) -> int:
-    if device.type != "cuda":  # compile_check records launches on CPU tensors as if on an H100 (50 MB)
-        return 50 << 20
     if device not in _L2_BYTES:
         _L2_BYTES[device] = int(torch.cuda.get_device_properties(device).L2_cache_size)
     return _L2_BYTES[device]
@@ -575,7 +573,8 @@ def hamming_topk(
         q_pos, keys, hist2, less, cb, out, hint_arg, kc, vc, *common,
         *(kc.stride()[:3] + vc.stride()[:3] if kv_pf else (0,) * 6),
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        HINT=hint is not None, KV_PF=kv_pf, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= CONFIG["write_prefetch_blocks"], num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
+        HINT=hint is not None, KV_PF=kv_pf, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= CONFIG["write_prefetch_blocks"],
+        num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
     return out
 
