@@ -83,24 +83,30 @@ def l2_prefetch(ptr, nbytes):
     )
 
 
+def _prefetch_lines_asm(lines: int) -> tl.constexpr:
+    """PTX: where operand $2 is non-zero, ``prefetch.global.L2`` the ``lines`` 128-byte lines from $1."""
+    body = "".join(f"@p prefetch.global.L2 [$1+{128 * i}]; " for i in range(lines))
+    return tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; " + body + "mov.u32 $0, 0; }")
+
+
+_PREFETCH_1, _PREFETCH_2, _PREFETCH_4 = (_prefetch_lines_asm(n) for n in (1, 2, 4))
+
+
+@triton.jit
+def _prefetch_lines(ptrs, mask, ASM: tl.constexpr):
+    tl.inline_asm_elementwise(ASM, "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit
 def l2_prefetch_lines(ptrs, mask, LINES: tl.constexpr):
     """Per element: ``prefetch.global.L2`` of the LINES (1, 2 or 4) 128-byte lines from each pointer where
     ``mask`` is set (load/store unit prefetches, no TMA; nothing waits for them)."""
     if LINES == 1:
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
-            "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        _prefetch_lines(ptrs, mask, _PREFETCH_1)
     elif LINES == 2:
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; @p prefetch.global.L2 [$1+128]; "
-            "mov.u32 $0, 0; }",
-            "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        _prefetch_lines(ptrs, mask, _PREFETCH_2)
     else:
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; @p prefetch.global.L2 [$1+128]; "
-            "@p prefetch.global.L2 [$1+256]; @p prefetch.global.L2 [$1+384]; mov.u32 $0, 0; }",
-            "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        _prefetch_lines(ptrs, mask, _PREFETCH_4)
 
 
 def reg_cap(maxnreg: int | None) -> dict:
