@@ -165,7 +165,7 @@ def main() -> None:
                 "dense": _us(lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True)),
                 "encode": _us(lambda: ENC.hash_encode_step(q, kn, w, codes, pos)),
                 "score": _us(lambda: SEL.score_keys(qc, codes, pos)),
-                "select": _us(lambda: SEL.hamming_topk(qc, codes, pos, k, budget)),
+                "select": _us(lambda: SEL.hamming_topk(qc, codes, pos, k, budget, k_cache=kc, v_cache=vc)),
                 "attention": _us(lambda: ATT.sparse_attention(q, kc, vc, idx, scale)),
             }
             cases = hint_cases()
@@ -189,7 +189,7 @@ def main() -> None:
                     SEL.CONFIG,
                     {"select_block_t": [256, 512, 1024], "select_warps": [1, 2, 4], "select_programs": [2048, 4096],
                      "select_max_splits": [64]},
-                    lambda: SEL.hamming_topk(qc, codes, pos, k, budget),
+                    lambda: SEL.hamming_topk(qc, codes, pos, k, budget, k_cache=kc, v_cache=vc),
                 )
             if not args.quick and not args.select_only and not args.score_only:
                 entry["attention"] = _sweep(
