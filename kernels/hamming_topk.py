@@ -48,6 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hatac.errors import HatacError
 from hatac.kernels._common import (
     budget_args, grid_sync, hw_flag, l2_prefetch, l2_prefetch_lines, next_pow2, pdl_args, popcount, reg_cap, select_count,
 )
@@ -59,7 +60,7 @@ CONFIG = {
     "score_prefetch": True,  # load the next block of codes before scoring this one
     # Before waiting for the previous kernel, ask the L2 for up to this many slots of the split's codes (Hopper
     # bulk prefetch; 0: off). The first blocks only: whole splits of a long cache do not fit in the L2 at once.
-    "score_l2_prefetch": int(os.environ.get("HATAC_SCORE_L2_PREFETCH", "1024")),
+    "score_l2_prefetch": os.environ.get("HATAC_SCORE_L2_PREFETCH", 1024),  # read when used: a bad value is an error then
     "score_l2_ahead": 0,  # and, in the loop, bulk-prefetch the block this many blocks ahead (0: no)
     # With the K/V caches passed in, the write pass prefetches the selected rows into L2 (HATAC_KV_PREFETCH=0:
     # off) when they take at most this fraction of it. Bulk (TMA) prefetches a row made the write pass slower
@@ -407,8 +408,13 @@ def _l2_prefetch_slots(k_codes: torch.Tensor, nw: int) -> int:
     """Slots of codes each scoring program bulk-prefetches into L2 before its wait; 0 (none) unless on Hopper
     with PDL (the prefetch is issued before the wait) and every split's bytes are 16-aligned (a token's words
     a multiple of 16 bytes, an aligned base)."""
+    value = CONFIG["score_l2_prefetch"]
+    try:
+        slots = int(value)
+    except (TypeError, ValueError):
+        raise HatacError(f"HATAC_SCORE_L2_PREFETCH must be a whole number of slots (0: off), got {value!r}") from None
     ok = pdl_args(k_codes)["PDL"] and nw % 4 == 0 and k_codes.data_ptr() % 16 == 0
-    return max(0, int(CONFIG["score_l2_prefetch"])) if ok else 0
+    return max(0, slots) if ok else 0
 
 
 def score_keys(

@@ -303,6 +303,18 @@ def test_hamming_topk_selection_hint_interp(monkeypatch):
     _check_hinted("cpu", monkeypatch)
 
 
+def test_score_l2_prefetch_setting_is_checked(monkeypatch):
+    """A malformed HATAC_SCORE_L2_PREFETCH is a one-line user error when the select runs, not a traceback."""
+    from hatac.errors import HatacError
+
+    mod = K["hamming_topk"]
+    monkeypatch.setitem(mod.CONFIG, "score_l2_prefetch", "lots")
+    with pytest.raises(HatacError, match="HATAC_SCORE_L2_PREFETCH must be a whole number of slots"):
+        mod._l2_prefetch_slots(torch.zeros(1, 2, 8, 4, dtype=torch.int32), 4)
+    monkeypatch.setitem(mod.CONFIG, "score_l2_prefetch", "512")
+    assert mod._l2_prefetch_slots(torch.zeros(1, 2, 8, 4, dtype=torch.int32), 4) == 0  # CPU: no prefetch
+
+
 TOPK_GPU = [
     (8, 8, 4, 1, 32768, 4, 1024, 0.03125, 0, 0, 0),
     (1, 8, 4, 1, 70000, 4, 1094, 0.015625, 4, 64, 0),
