@@ -119,6 +119,19 @@ def _(q, k, v, w, k_cache, v_cache, k_codes, write_pos):
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], w.shape[2] // 32), dtype=torch.int32)
 
 
+@torch.library.custom_op("hatac::linear", mutates_args=())
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear``, for decode graphs: its CUDA body streams the weight with a Triton GEMV when ``x`` has a
+    few rows (hatac.passes.decode_linears.RouteDecodeLinears puts it in the compiled decode step). Not part
+    of a converted graph: a runtime op, so it is not in ``HATA_OPS``."""
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+@linear.register_fake
+def _(x, weight, bias=None):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 # The ops a rewritten hashed layer is made of, by name, for passes, inspect and export.
 HATA_OPS = {
     "hash_encode": torch.ops.hatac.hash_encode.default,

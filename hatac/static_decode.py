@@ -9,17 +9,41 @@ lengths by counting steps.
 
 from __future__ import annotations
 
+import copy
+import os
+
 import torch
+import torch.fx as fx
 
 from hatac.cache import HataCache
 from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
 
+# The decode step's linears through hatac::linear (a Triton GEMV for a few rows on CUDA); HATAC_DECODE_LINEAR=0: off.
+DECODE_LINEAR = {"enabled": os.environ.get("HATAC_DECODE_LINEAR", "1") != "0"}
+
+
+def runtime_decode_graph(model) -> fx.GraphModule:
+    """The graph a static decode step runs: the model's decode graph, with its linears routed through
+    ``hatac::linear`` (:class:`hatac.passes.decode_linears.RouteDecodeLinears`) on a copy of the graph that
+    shares the model's weights. The model's own graph, which is what gets saved and exported, is unchanged.
+    Cached on the model."""
+    key = "_runtime_decode_graph"
+    if key not in model.__dict__:
+        gm = model.decode_graph
+        if DECODE_LINEAR["enabled"]:
+            from hatac.passes.decode_linears import RouteDecodeLinears
+
+            routed = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # a copy of the nodes; the same tensors
+            gm = RouteDecodeLinears().call(routed).graph_module
+        model.__dict__[key] = gm
+    return model.__dict__[key]
+
 
 def compiled_decode(model, backend: str = "inductor"):
-    """``torch.compile`` of the model's decode graph, one per backend, cached on the model."""
+    """``torch.compile`` of :func:`runtime_decode_graph`, one per backend, cached on the model."""
     cache = model.__dict__.setdefault("_compiled_decode", {})
     if backend not in cache:
-        cache[backend] = torch.compile(model.decode_graph, fullgraph=True, backend=backend)
+        cache[backend] = torch.compile(runtime_decode_graph(model), fullgraph=True, backend=backend)
     return cache[backend]
 
 
@@ -44,7 +68,7 @@ class StaticDecodeStep:
         self.ids = torch.zeros(self.batch, 1, dtype=torch.long, device=device)
         self.keep = torch.zeros(1, dtype=torch.long, device=device)
         self.width = model.topk_width(self.capacity)
-        self.fn = compiled_decode(model, backend) if compile else model.decode_graph
+        self.fn = compiled_decode(model, backend) if compile else runtime_decode_graph(model)
         self.graph = None
         self.out = None
         if self.cuda_graph:

@@ -132,6 +132,8 @@ def test_opcheck_every_op():
         (ops.cache_write.default, (kc.clone(), x[:, :hkv], q_pos)),
         (ops.hash_encode_step.default, (x, x[:, :hkv], w, kcodes.clone(), q_pos)),
         (ops.hash_encode_step_kv.default, (x, x[:, :hkv], x[:, hkv:], w, kc.clone(), vc.clone(), kcodes.clone(), q_pos)),
+        (ops.linear.default, (x, w[0].t().contiguous())),
+        (ops.linear.default, (x, w[0].t().contiguous(), torch.randn(64, generator=gen))),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

@@ -1,0 +1,83 @@
+"""``hatac::linear`` on CUDA: ``x @ W^T (+ b)`` for a few rows of ``x`` (a decode step), as a Triton GEMV.
+
+Why: at decode a projection is a GEMM of M = batch rows, bound by reading its weight. cuBLAS runs most of
+Llama-3-8B's at 2.5-2.8 TB/s on the H100, but picks a 64-CTA kernel for ``o_proj`` (N = K = 4096) that
+reads at 2.1 TB/s. One program per BLOCK_N output features, streaming those rows of W with a few loads in
+flight (``num_stages``), is as fast or faster on every decode projection of that model at batch 8
+(``python examples/gemv_splitk_probe.py``, H100: o_proj 16.0 -> 14.4 us, gate/up 84.2 -> 81.2, lm_head
+374 -> 345; docs/PERFORMANCE.md). Splitting K across programs as well bought nothing there.
+
+Rows past ``CONFIG["max_rows"]``, other dtypes and layouts go to ``torch.nn.functional.linear`` (cuBLAS):
+prefill, and anything this kernel was not measured on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from hatac.kernels._common import grid_sync, hw_flag, interpreting, pdl_args
+
+CONFIG = {"max_rows": 16, "block_n": 32, "block_k": 256, "stages": 5, "warps": 4}
+INTERP = {"block_n": 16, "block_k": 32}  # under the interpreter (tests shrink shapes)
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, sxm, swn, sym,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HW_DOT: tl.constexpr, PDL: tl.constexpr,
+):
+    grid_sync(PDL)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = tl.arange(0, BLOCK_M)
+    nm = n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        km = k < K
+        x = tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=(m[:, None] < M) & km[None, :], other=0.0)
+        w = tl.load(w_ptr + n[:, None].to(tl.int64) * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+        if not HW_DOT:  # the interpreter's 16-bit dot is wrong: float32 there (exact products of 16-bit values)
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(x, tl.trans(w), acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + m[:, None] * sym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=(m[:, None] < M) & nm[None, :])
+
+
+def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`linear` takes the Triton GEMV for these operands (else it calls F.linear)."""
+    if not (x.is_cuda or interpreting()) or x.dtype not in _DTYPES or w.dtype != x.dtype or w.dim() != 2:
+        return False
+    if bias is not None and (bias.dtype != x.dtype or bias.dim() != 1 or bias.stride(0) != 1):
+        return False
+    k = x.shape[-1] if x.dim() else 0
+    rows = x.numel() // k if k else 0
+    return 1 <= rows <= CONFIG["max_rows"] and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton body of ``hatac::linear``: ``F.linear(x, weight, bias)``, through the GEMV for a few rows."""
+    if not gemv_fits(x, weight, bias):
+        return F.linear(x, weight, bias)
+    k = x.shape[-1]
+    n = weight.shape[0]
+    x2 = x.reshape(-1, k)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    rows = x2.shape[0]
+    y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    hw = hw_flag(x)
+    block_n = CONFIG["block_n"] if hw else INTERP["block_n"]
+    block_k = CONFIG["block_k"] if hw else INTERP["block_k"]
+    _gemv_kernel[(triton.cdiv(n, block_n),)](
+        x2, weight, weight if bias is None else bias, y, rows, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, HW_DOT=hw,
+        num_warps=CONFIG["warps"], num_stages=CONFIG["stages"] if hw else 1, **pdl_args(x),
+    )
+    return y.view(*x.shape[:-1], n)

@@ -1,0 +1,117 @@
+"""``hatac::linear``'s Triton GEMV against ``F.linear``: in Triton's interpreter without CUDA (tiny shapes),
+compiled on the GPU (tests marked ``gpu``), and the decode step's routing of its linears through it."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+triton = pytest.importorskip("triton")
+
+interp = pytest.mark.skipif(not INTERPRET, reason="interpreter checks run where there is no CUDA device")
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device, compiled Triton")]
+
+
+def _module():
+    import hatac.kernels  # noqa: F401
+
+    mod = sys.modules["hatac.kernels.linear"]
+    if INTERPRET:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(mod._gemv_kernel, InterpretedFunction):
+            mod = importlib.reload(mod)
+    return mod
+
+
+L = _module()
+
+
+def _check(x, w, bias, tol):
+    assert L.gemv_fits(x, w, bias)
+    got = L.linear(x, w, bias)
+    want = F.linear(x.float(), w.float(), None if bias is None else bias.float())
+    assert got.shape == want.shape and got.dtype == x.dtype
+    err = ((got.float() - want).norm() / want.norm()).item()
+    assert err < tol, f"rel. error {err:.2e}"
+
+
+@interp
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,n,k,bias", [(1, 40, 96, False), (3, 16, 64, True), (8, 33, 80, True), (16, 48, 32, False)])
+def test_gemv_matches_linear_interpreted(dtype, rows, n, k, bias):
+    """Rows 1 to 16, N and K not multiples of the blocks, with and without a bias, x of rank 3."""
+    gen = torch.Generator().manual_seed(rows * n + k)
+    x = torch.randn(rows, 1, k, generator=gen).to(dtype)
+    w = torch.randn(n, k, generator=gen).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype) if bias else None
+    _check(x, w, b, 1e-2)
+
+
+@interp
+def test_gemv_reads_strided_rows_interpreted():
+    """A non-contiguous x (a column slice) and a weight that is a row block of a larger one."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 100, generator=gen).to(torch.bfloat16)[:, 4:68]
+    big = torch.randn(50, 64, generator=gen).to(torch.bfloat16)
+    _check(x, big[10:30], None, 1e-2)
+
+
+def test_what_takes_the_gemv():
+    """Rows past max_rows, float32, mixed dtypes, a weight whose rows are strided: F.linear instead."""
+    bf = torch.bfloat16
+    w = torch.zeros(8, 32, dtype=bf)
+    fits = INTERPRET or CUDA  # on a CPU build without the interpreter nothing takes it
+    dev = "cuda" if CUDA and not INTERPRET else "cpu"
+    w = w.to(dev)
+    assert L.gemv_fits(torch.zeros(16, 32, dtype=bf, device=dev), w, None) == fits
+    assert not L.gemv_fits(torch.zeros(17, 32, dtype=bf, device=dev), w, None)
+    assert not L.gemv_fits(torch.zeros(2, 32, device=dev), w.float(), None)
+    assert not L.gemv_fits(torch.zeros(2, 32, dtype=torch.float16, device=dev), w, None)
+    assert not L.gemv_fits(torch.zeros(2, 32, dtype=bf, device=dev), w.t().contiguous().t(), None)
+    assert not L.gemv_fits(torch.zeros(2, 16, dtype=bf, device=dev), w, None)
+    x = torch.randn(20, 32, device=dev).to(bf)
+    torch.testing.assert_close(L.linear(x, w, None), F.linear(x, w))  # falls back
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device, compiled Triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,n,k,bias", [(8, 4096, 4096, False), (1, 6144, 4096, True), (16, 1000, 14336, False), (3, 128256, 4096, False)])
+def test_gemv_matches_linear_gpu(dtype, rows, n, k, bias):
+    gen = torch.Generator(device="cuda").manual_seed(rows + n)
+    x = torch.randn(rows, k, device="cuda", generator=gen).to(dtype)
+    w = (torch.randn(n, k, device="cuda", generator=gen) * 0.02).to(dtype)
+    b = torch.randn(n, device="cuda", generator=gen).to(dtype) if bias else None
+    _check(x, w, b, 1e-2)
+    y = torch.ops.hatac.linear(x, w, b)  # the op's CUDA body is this kernel
+    assert torch.equal(y, L.linear(x, w, b))
+
+
+@torch.no_grad()
+def test_runtime_decode_graph_routes_linears_and_leaves_the_model_graph():
+    import hatac
+    from hatac.static_decode import runtime_decode_graph
+    from models import tiny_model
+
+    hm = hatac.convert(tiny_model("qwen2"), hatac.HataConfig(hash="random", budget=0.5, dense_layers=1, rbits=64))
+    linear = torch.ops.aten.linear.default
+    before = [n for n in hm.decode_graph.graph.nodes if n.target == linear]
+    routed = runtime_decode_graph(hm)
+    assert before and routed is not hm.decode_graph and routed is runtime_decode_graph(hm)
+    assert [n for n in hm.decode_graph.graph.nodes if n.target == linear] == before  # untouched
+    assert not [n for n in routed.graph.nodes if n.target == linear]
+    assert len([n for n in routed.graph.nodes if n.target == torch.ops.hatac.linear.default]) == len(before)
+    for attrs in ("named_parameters", "named_buffers"):  # the same tensors, not copies
+        mine = dict(getattr(routed, attrs)(remove_duplicate=False))
+        theirs = dict(getattr(hm.decode_graph, attrs)(remove_duplicate=False))
+        assert theirs and mine.keys() == theirs.keys() and all(mine[k] is v for k, v in theirs.items())
