@@ -114,4 +114,4 @@ def test_runtime_decode_graph_routes_linears_and_leaves_the_model_graph():
     for attrs in ("named_parameters", "named_buffers"):  # the same tensors, not copies
         mine = dict(getattr(routed, attrs)(remove_duplicate=False))
         theirs = dict(getattr(hm.decode_graph, attrs)(remove_duplicate=False))
-        assert theirs and mine.keys() == theirs.keys() and all(mine[k] is v for k, v in theirs.items())
+        assert mine and mine.keys() <= theirs.keys() and all(theirs[k] is v for k, v in mine.items())
