@@ -59,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", nargs="*", type=int, default=[8, 4, 1])
     ap.add_argument("--only", nargs="*", default=list(SHAPES))
+    ap.add_argument("--shipped", action="store_true", help="time hatac's hatac::linear GEMV (its CONFIG) instead of sweeping")
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     dt = torch.bfloat16
@@ -67,6 +68,24 @@ def main() -> None:
     evict = lambda: torch.sum(big, 0, out=sink)  # noqa: E731
     base = _graph_bench(evict)
     cnt = torch.zeros(1 << 16, device="cuda", dtype=torch.int32)
+    if args.shipped:
+        import hatac.kernels  # noqa: F401
+        from hatac.kernels.linear import CONFIG, linear
+
+        print(f"hatac::linear {CONFIG}")
+        print(f"{'gemm':<8} {'M':>2} {'cuBLAS us':>9} {'TB/s':>5} {'hatac us':>9} {'TB/s':>5} {'ratio':>6}")
+        for name in args.only:
+            n, k = SHAPES[name]
+            w = torch.randn(n, k, device="cuda", dtype=dt) * 0.02
+            for mm in args.batches:
+                x = torch.randn(mm, k, device="cuda", dtype=dt)
+                torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=2e-2, atol=2e-2)
+                cub = (_graph_bench(lambda: (evict(), F.linear(x, w))) - base) * 1e3
+                own = (_graph_bench(lambda: (evict(), linear(x, w))) - base) * 1e3
+                nb = w.numel() * 2 / 1e6
+                print(f"{name:<8} {mm:>2} {cub:>9.1f} {nb / cub:>5.2f} {own:>9.1f} {nb / own:>5.2f} {own / cub:>6.2f}")
+            del w
+        return
     print(f"{'gemm':<8} {'M':>2} {'cuBLAS us':>9} {'TB/s':>5} {'triton us':>9} {'TB/s':>5} {'saved':>6}  best (BLOCK_N, SPLIT_K, BLOCK_K, stages, warps)  rel err")
     for name in args.only:
         n, k = SHAPES[name]
