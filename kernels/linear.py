@@ -13,14 +13,26 @@ prefill, and anything this kernel was not measured on.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import grid_sync, hw_flag, interpreting, pdl_args
+from hatac.kernels._common import grid_sync, hw_flag, interpreting, l2_prefetch, pdl_args
 
-CONFIG = {"max_rows": 16, "block_n": 32, "block_k": 256, "stages": 5, "warps": 4}
+CONFIG = {
+    "max_rows": 16, "block_n": 32, "block_k": 256, "stages": 5, "warps": 4,
+    # Take the GEMV only when its programs spread evenly over the SMs: programs / SMs over its ceiling at
+    # least this (q/k/v of Llama-3-8B, 192 programs on 132 SMs, was 4-8% slower than cuBLAS; the shapes
+    # that fill whole waves were 0-14% faster).
+    "min_wave_fill": 0.9,
+    # With programmatic dependent launch, each program asks the L2 for this fraction of its weight rows
+    # before it waits for the previous kernel (the weight never depends on it), so the read overlaps the
+    # kernel before (a hashed layer's attention, before o_proj). 0: off.
+    "l2_prefetch": float(os.environ.get("HATAC_LINEAR_L2_PREFETCH", "0")),
+}
 INTERP = {"block_n": 16, "block_k": 32}  # under the interpreter (tests shrink shapes)
 _DTYPES = (torch.bfloat16, torch.float16)
 
@@ -29,10 +41,16 @@ _DTYPES = (torch.bfloat16, torch.float16)
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, sxm, swn, sym,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HW_DOT: tl.constexpr, PDL: tl.constexpr,
+    HW_DOT: tl.constexpr, PDL: tl.constexpr, PF_BYTES: tl.constexpr,
 ):
+    n0 = tl.program_id(0) * BLOCK_N
+    if PF_BYTES > 0:  # contiguous rows: this program's are one span of the weight
+        span = tl.minimum(PF_BYTES, (tl.minimum(N - n0, BLOCK_N) * K * w_ptr.dtype.element_ty.primitive_bitwidth) // 8)
+        base = (w_ptr + n0.to(tl.int64) * swn).to(tl.pointer_type(tl.int8))
+        for off in range(0, span, 65536):
+            l2_prefetch(base + off, tl.minimum(span - off, 65536))
     grid_sync(PDL)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = n0 + tl.arange(0, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
     nm = n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -58,7 +76,30 @@ def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bo
         return False
     k = x.shape[-1] if x.dim() else 0
     rows = x.numel() // k if k else 0
-    return 1 <= rows <= CONFIG["max_rows"] and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1
+    if not (1 <= rows <= CONFIG["max_rows"] and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1):
+        return False
+    return not x.is_cuda or _wave_fill(w.shape[0], x.device) >= CONFIG["min_wave_fill"]
+
+
+_SMS: dict[torch.device, int] = {}
+
+
+def _wave_fill(n: int, device: torch.device) -> float:
+    """Mean programs an SM over the most any SM runs (1.0: every SM equally busy)."""
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = triton.cdiv(n, CONFIG["block_n"])
+    return programs / _SMS[device] / triton.cdiv(programs, _SMS[device])
+
+
+def _prefetch_bytes(x: torch.Tensor, w: torch.Tensor, block_n: int) -> int:
+    """Bytes of its weight rows each program bulk-prefetches into L2 before its wait (a multiple of 16), or 0:
+    only with PDL (it is issued before the wait) and rows that follow each other, 16-byte aligned."""
+    frac = CONFIG["l2_prefetch"]
+    row = w.shape[1] * w.element_size()
+    if frac <= 0 or not pdl_args(x)["PDL"] or w.stride(0) != w.shape[1] or w.data_ptr() % 16 or row % 16:
+        return 0
+    return max(16, int(frac * block_n * row) // 16 * 16)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,6 +119,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x2, weight, weight if bias is None else bias, y, rows, n, k, x2.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, HW_DOT=hw,
+        PF_BYTES=_prefetch_bytes(x, weight, block_n),
         num_warps=CONFIG["warps"], num_stages=CONFIG["stages"] if hw else 1, **pdl_args(x),
     )
     return y.view(*x.shape[:-1], n)

@@ -86,15 +86,32 @@ def test_what_takes_the_gemv():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device, compiled Triton")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows,n,k,bias", [(8, 4096, 4096, False), (1, 6144, 4096, True), (16, 1000, 14336, False), (3, 128256, 4096, False)])
-def test_gemv_matches_linear_gpu(dtype, rows, n, k, bias):
+@pytest.mark.parametrize("rows,n,k,bias", [(8, 4096, 4096, False), (1, 4096, 14336, True), (16, 28672, 4096, False), (3, 128256, 4096, False)])
+@pytest.mark.parametrize("prefetch", [0.0, 0.5, 1.0])
+def test_gemv_matches_linear_gpu(dtype, rows, n, k, bias, prefetch, monkeypatch):
+    monkeypatch.setitem(L.CONFIG, "l2_prefetch", prefetch)
     gen = torch.Generator(device="cuda").manual_seed(rows + n)
     x = torch.randn(rows, k, device="cuda", generator=gen).to(dtype)
     w = (torch.randn(n, k, device="cuda", generator=gen) * 0.02).to(dtype)
     b = torch.randn(n, device="cuda", generator=gen).to(dtype) if bias else None
+    if L._wave_fill(n, x.device) < L.CONFIG["min_wave_fill"]:
+        pytest.skip("this GPU's SM count leaves the shape to cuBLAS")
+    assert (L._prefetch_bytes(x, w, L.CONFIG["block_n"]) > 0) == (prefetch > 0)
     _check(x, w, b, 1e-2)
     y = torch.ops.hatac.linear(x, w, b)  # the op's CUDA body is this kernel
     assert torch.equal(y, L.linear(x, w, b))
+
+
+def test_gemv_only_where_its_programs_fill_the_sms(monkeypatch):
+    """132 SMs (H100): 128 or 896 programs of 32 rows fill them evenly and take the GEMV; q/k/v's 192 do
+    not (one SM in two would run two), nor would 32."""
+    dev = torch.device("cuda", 99)
+    monkeypatch.setitem(L._SMS, dev, 132)
+    assert L._wave_fill(4096, dev) == pytest.approx(128 / 132)
+    assert L._wave_fill(28672, dev) == pytest.approx(896 / 132 / 7)
+    assert L._wave_fill(6144, dev) == pytest.approx(192 / 132 / 2)
+    fits = {n: L._wave_fill(n, dev) >= L.CONFIG["min_wave_fill"] for n in (4096, 6144, 1024, 28672, 128256)}
+    assert fits == {4096: True, 6144: False, 1024: False, 28672: True, 128256: True}
 
 
 @torch.no_grad()
