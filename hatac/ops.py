@@ -120,15 +120,17 @@ def _(q, k, v, w, k_cache, v_cache, k_codes, write_pos):
 
 
 @torch.library.custom_op("hatac::linear", mutates_args=())
-def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, l2_prefetch: float = 0.0) -> Tensor:
     """``F.linear``, for decode graphs: its CUDA body streams the weight with a Triton GEMV when ``x`` has a
-    few rows (hatac.passes.decode_linears.RouteDecodeLinears puts it in the compiled decode step). Not part
-    of a converted graph: a runtime op, so it is not in ``HATA_OPS``."""
+    few rows (hatac.passes.decode_linears.RouteDecodeLinears puts it in the compiled decode step).
+    ``l2_prefetch`` (a hint, no effect on the result): the fraction of the weight the GEMV asks the L2 for
+    before it waits for the kernel in front of it. Not part of a converted graph: a runtime op, so it is not
+    in ``HATA_OPS``."""
     return torch.nn.functional.linear(x, weight, bias)
 
 
 @linear.register_fake
-def _(x, weight, bias=None):
+def _(x, weight, bias=None, l2_prefetch=0.0):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 

@@ -13,8 +13,6 @@ prefill, and anything this kernel was not measured on.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
@@ -28,10 +26,6 @@ CONFIG = {
     # least this (q/k/v of Llama-3-8B, 192 programs on 132 SMs, was 4-8% slower than cuBLAS; the shapes
     # that fill whole waves were 0-14% faster).
     "min_wave_fill": 0.9,
-    # With programmatic dependent launch, each program asks the L2 for this fraction of its weight rows
-    # before it waits for the previous kernel (the weight never depends on it), so the read overlaps the
-    # kernel before (a hashed layer's attention, before o_proj). 0: off.
-    "l2_prefetch": float(os.environ.get("HATAC_LINEAR_L2_PREFETCH", "0")),
 }
 INTERP = {"block_n": 16, "block_k": 32}  # under the interpreter (tests shrink shapes)
 _DTYPES = (torch.bfloat16, torch.float16)
@@ -92,18 +86,19 @@ def _wave_fill(n: int, device: torch.device) -> float:
     return programs / _SMS[device] / triton.cdiv(programs, _SMS[device])
 
 
-def _prefetch_bytes(x: torch.Tensor, w: torch.Tensor, block_n: int) -> int:
-    """Bytes of its weight rows each program bulk-prefetches into L2 before its wait (a multiple of 16), or 0:
-    only with PDL (it is issued before the wait) and rows that follow each other, 16-byte aligned."""
-    frac = CONFIG["l2_prefetch"]
+def _prefetch_bytes(x: torch.Tensor, w: torch.Tensor, block_n: int, frac: float) -> int:
+    """Bytes of its weight rows each program bulk-prefetches into L2 before its wait (``frac`` of them, a
+    multiple of 16), or 0: only with PDL (it is issued before the wait, so that the read overlaps the kernel in
+    front; the weight never depends on that kernel) and rows that follow each other, 16-byte aligned."""
     row = w.shape[1] * w.element_size()
     if frac <= 0 or not pdl_args(x)["PDL"] or w.stride(0) != w.shape[1] or w.data_ptr() % 16 or row % 16:
         return 0
     return max(16, int(frac * block_n * row) // 16 * 16)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Triton body of ``hatac::linear``: ``F.linear(x, weight, bias)``, through the GEMV for a few rows."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, l2_prefetch: float = 0.0) -> torch.Tensor:
+    """Triton body of ``hatac::linear``: ``F.linear(x, weight, bias)``, through the GEMV for a few rows; with
+    ``l2_prefetch`` > 0 each program first asks the L2 for that fraction of its weight rows (Hopper, PDL)."""
     if not gemv_fits(x, weight, bias):
         return F.linear(x, weight, bias)
     k = x.shape[-1]
@@ -119,7 +114,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x2, weight, weight if bias is None else bias, y, rows, n, k, x2.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, HW_DOT=hw,
-        PF_BYTES=_prefetch_bytes(x, weight, block_n),
+        PF_BYTES=_prefetch_bytes(x, weight, block_n, l2_prefetch),
         num_warps=CONFIG["warps"], num_stages=CONFIG["stages"] if hw else 1, **pdl_args(x),
     )
     return y.view(*x.shape[:-1], n)

@@ -36,9 +36,9 @@ def _module():
 L = _module()
 
 
-def _check(x, w, bias, tol):
+def _check(x, w, bias, tol, prefetch=0.0):
     assert L.gemv_fits(x, w, bias)
-    got = L.linear(x, w, bias)
+    got = L.linear(x, w, bias, prefetch)
     want = F.linear(x.float(), w.float(), None if bias is None else bias.float())
     assert got.shape == want.shape and got.dtype == x.dtype
     err = ((got.float() - want).norm() / want.norm()).item()
@@ -88,18 +88,17 @@ def test_what_takes_the_gemv():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows,n,k,bias", [(8, 4096, 4096, False), (1, 4096, 14336, True), (16, 28672, 4096, False), (3, 128256, 4096, False)])
 @pytest.mark.parametrize("prefetch", [0.0, 0.5, 1.0])
-def test_gemv_matches_linear_gpu(dtype, rows, n, k, bias, prefetch, monkeypatch):
-    monkeypatch.setitem(L.CONFIG, "l2_prefetch", prefetch)
+def test_gemv_matches_linear_gpu(dtype, rows, n, k, bias, prefetch):
     gen = torch.Generator(device="cuda").manual_seed(rows + n)
     x = torch.randn(rows, k, device="cuda", generator=gen).to(dtype)
     w = (torch.randn(n, k, device="cuda", generator=gen) * 0.02).to(dtype)
     b = torch.randn(n, device="cuda", generator=gen).to(dtype) if bias else None
     if L._wave_fill(n, x.device) < L.CONFIG["min_wave_fill"]:
         pytest.skip("this GPU's SM count leaves the shape to cuBLAS")
-    assert (L._prefetch_bytes(x, w, L.CONFIG["block_n"]) > 0) == (prefetch > 0)
-    _check(x, w, b, 1e-2)
-    y = torch.ops.hatac.linear(x, w, b)  # the op's CUDA body is this kernel
-    assert torch.equal(y, L.linear(x, w, b))
+    assert (L._prefetch_bytes(x, w, L.CONFIG["block_n"], prefetch) > 0) == (prefetch > 0)
+    _check(x, w, b, 1e-2, prefetch)
+    y = torch.ops.hatac.linear(x, w, b, prefetch)  # the op's CUDA body is this kernel
+    assert torch.equal(y, L.linear(x, w, b))  # the prefetch changes nothing in the result
 
 
 def test_gemv_only_where_its_programs_fill_the_sms(monkeypatch):
@@ -127,8 +126,30 @@ def test_runtime_decode_graph_routes_linears_and_leaves_the_model_graph():
     assert before and routed is not hm.decode_graph and routed is runtime_decode_graph(hm)
     assert [n for n in hm.decode_graph.graph.nodes if n.target == linear] == before  # untouched
     assert not [n for n in routed.graph.nodes if n.target == linear]
-    assert len([n for n in routed.graph.nodes if n.target == torch.ops.hatac.linear.default]) == len(before)
+    mine = [n for n in routed.graph.nodes if n.target == torch.ops.hatac.linear.default]
+    assert len(mine) == len(before)
+    # o_proj of each hashed layer (it reads hatac::sparse_attention's output) prefetches; nothing else does
+    attn = [n for n in routed.graph.nodes if n.target == torch.ops.hatac.sparse_attention.default]
+    assert attn and sorted(n.args[3] for n in mine) == [0.0] * (len(mine) - len(attn)) + [0.25] * len(attn)
     for attrs in ("named_parameters", "named_buffers"):  # the same tensors, not copies
         mine = dict(getattr(routed, attrs)(remove_duplicate=False))
         theirs = dict(getattr(hm.decode_graph, attrs)(remove_duplicate=False))
         assert mine and mine.keys() <= theirs.keys() and all(theirs[k] is v for k, v in mine.items())
+
+
+def test_reads_sparse_attention_sees_through_layout_ops_only():
+    from hatac.passes.decode_linears import reads_sparse_attention
+
+    aten = torch.ops.aten
+    g = torch.fx.Graph()
+    q, kc, vc, idx, w = (g.placeholder(n) for n in ("q", "kc", "vc", "idx", "w"))
+    att = g.call_function(torch.ops.hatac.sparse_attention.default, (q, kc, vc, idx, 0.1))
+    t = g.call_function(aten.transpose.int, (att, 1, 2))
+    r = g.call_function(aten.reshape.default, (t, [2, -1]))
+    scaled = g.call_function(aten.mul.Tensor, (r, 2.0))
+    direct = g.call_function(aten.linear.default, (att, w))
+    through = g.call_function(aten.linear.default, (r, w))
+    after_math = g.call_function(aten.linear.default, (scaled, w))
+    other = g.call_function(aten.linear.default, (q, w))
+    assert reads_sparse_attention(direct) and reads_sparse_attention(through)
+    assert not reads_sparse_attention(after_math) and not reads_sparse_attention(other)
