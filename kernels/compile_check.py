@@ -24,7 +24,7 @@ import torch
 
 _DTYPES = {torch.int32: "i32", torch.int64: "i64", torch.int16: "i16", torch.int8: "i8", torch.float32: "fp32",
            torch.float16: "fp16", torch.bfloat16: "bf16", torch.bool: "i1"}  # fmt: skip
-_MODULES = ("hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write")
+_MODULES = ("hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write", "linear")
 
 
 @dataclass
@@ -178,6 +178,9 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
                                              k_cache=cache, v_cache=cache)
         k["sparse_attention"].sparse_attention(q, cache, cache, idx, 0.1)
         k["sparse_attention"].sparse_attention(q, cache, cache, None, 0.1, q_pos=pos)  # dense decode
+        x, wl = torch.zeros(b, 4 * d, dtype=dtype), torch.zeros(8 * d, 4 * d, dtype=dtype)
+        k["linear"].linear(x, wl, None, 0.25)  # o_proj after a hashed attention: prefetches its weight
+        k["linear"].linear(x, wl, torch.zeros(8 * d, dtype=dtype))
     return launches
 
 

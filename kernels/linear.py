@@ -3,9 +3,10 @@
 Why: at decode a projection is a GEMM of M = batch rows, bound by reading its weight. cuBLAS runs most of
 Llama-3-8B's at 2.5-2.8 TB/s on the H100, but picks a 64-CTA kernel for ``o_proj`` (N = K = 4096) that
 reads at 2.1 TB/s. One program per BLOCK_N output features, streaming those rows of W with a few loads in
-flight (``num_stages``), is as fast or faster on every decode projection of that model at batch 8
-(``python examples/gemv_splitk_probe.py``, H100: o_proj 16.0 -> 14.4 us, gate/up 84.2 -> 81.2, lm_head
-374 -> 345; docs/PERFORMANCE.md). Splitting K across programs as well bought nothing there.
+flight (``num_stages``), beats it where its programs spread evenly over the SMs (``python
+examples/gemv_splitk_probe.py --shipped``, H100, batch 1-16: o_proj 0.86-0.91x of cuBLAS's time, lm_head
+0.92-0.94x, down 0.95-0.98x, gate/up even; q/k/v, 192 programs on 132 SMs, 1.04-1.08x, so it stays with
+cuBLAS: ``min_wave_fill``; docs/PERFORMANCE.md). Splitting K across programs as well bought nothing.
 
 Rows past ``CONFIG["max_rows"]``, other dtypes and layouts go to ``torch.nn.functional.linear`` (cuBLAS):
 prefill, and anything this kernel was not measured on.
@@ -64,7 +65,7 @@ def _gemv_kernel(
 
 def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether :func:`linear` takes the Triton GEMV for these operands (else it calls F.linear)."""
-    if not (x.is_cuda or interpreting()) or x.dtype not in _DTYPES or w.dtype != x.dtype or w.dim() != 2:
+    if not (hw_flag(x) or interpreting()) or x.dtype not in _DTYPES or w.dtype != x.dtype or w.dim() != 2:
         return False
     if bias is not None and (bias.dtype != x.dtype or bias.dim() != 1 or bias.stride(0) != 1):
         return False
@@ -72,7 +73,7 @@ def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bo
     rows = x.numel() // k if k else 0
     if not (1 <= rows <= CONFIG["max_rows"] and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1):
         return False
-    return not x.is_cuda or _wave_fill(w.shape[0], x.device) >= CONFIG["min_wave_fill"]
+    return x.device.type != "cuda" or _wave_fill(w.shape[0], x.device) >= CONFIG["min_wave_fill"]
 
 
 _SMS: dict[torch.device, int] = {}
