@@ -27,6 +27,7 @@ import triton.language as tl
 import hatac.kernels  # noqa: F401
 from hatac import reference as ref
 from hatac.bench_kernels import _graph_bench, decode_problem
+from l2_prefetch_probe import bulk_prefetch  # examples/, on the path when run as a script
 
 ENC = sys.modules["hatac.kernels.hash_encode"]
 SEL = sys.modules["hatac.kernels.hamming_topk"]
@@ -39,18 +40,7 @@ def _pf_rows(ptr, row_bytes, pf_bytes, CHUNK: tl.constexpr, POLICY: tl.constexpr
     off = tl.program_id(1).to(tl.int64) * CHUNK
     if off < pf_bytes:
         n = tl.minimum(pf_bytes - off, CHUNK).to(tl.int32)
-        p = ptr + row.to(tl.int64) * row_bytes + off
-        if POLICY:
-            tl.inline_asm_elementwise(
-                "{ .reg .pred q; .reg .u32 t; .reg .b64 pol; mov.u32 t, %tid.x; setp.eq.u32 q, t, 0; "
-                "createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
-                "@q cp.async.bulk.prefetch.L2.global.L2::cache_hint [$1], $2, pol; mov.u32 $0, 0; }",
-                "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            tl.inline_asm_elementwise(
-                "{ .reg .pred q; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 q, t, 0; "
-                "@q cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-                "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1)
+        bulk_prefetch(ptr + row.to(tl.int64) * row_bytes + off, n, POLICY)
 
 
 def prefetch_codes(codes, cap_bytes=None, policy=False, chunk=1 << 15):

@@ -18,6 +18,7 @@ import triton.language as tl
 import hatac.kernels  # noqa: F401
 from hatac import reference as ref
 from hatac.bench_kernels import _graph_bench, decode_problem
+from hatac.kernels._common import l2_prefetch
 
 ENC = sys.modules["hatac.kernels.hash_encode"]
 SEL = sys.modules["hatac.kernels.hamming_topk"]
@@ -25,22 +26,23 @@ ATT = sys.modules["hatac.kernels.sparse_attention"]
 
 
 @triton.jit
-def _pf(ptr, nbytes, CHUNK: tl.constexpr, POLICY: tl.constexpr):
-    pid = tl.program_id(0)
-    off = pid.to(tl.int64) * CHUNK
-    n = tl.minimum(nbytes - off, CHUNK).to(tl.int32)
-    p = ptr + off
-    if POLICY:
+def bulk_prefetch(p, n, EVICT_LAST: tl.constexpr):
+    """hatac's ``l2_prefetch`` (one bulk prefetch by the program's first thread), or with EVICT_LAST the same
+    under an L2 evict_last cache policy. Shared with examples/code_prefetch_probe.py."""
+    if EVICT_LAST:
         tl.inline_asm_elementwise(
             "{ .reg .pred q; .reg .u32 t; .reg .b64 pol; mov.u32 t, %tid.x; setp.eq.u32 q, t, 0; "
             "createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
             "@q cp.async.bulk.prefetch.L2.global.L2::cache_hint [$1], $2, pol; mov.u32 $0, 0; }",
             "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1)
     else:
-        tl.inline_asm_elementwise(
-            "{ .reg .pred q; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 q, t, 0; "
-            "@q cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-            "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1)
+        l2_prefetch(p, n)
+
+
+@triton.jit
+def _pf(ptr, nbytes, CHUNK: tl.constexpr, POLICY: tl.constexpr):
+    off = tl.program_id(0).to(tl.int64) * CHUNK
+    bulk_prefetch(ptr + off, tl.minimum(nbytes - off, CHUNK).to(tl.int32), POLICY)
 
 
 def prefetch(w, chunk=1 << 16, policy=False):
