@@ -143,7 +143,7 @@ def main():
                           f"{v:.1f} us ({v - ref_t:+.1f}, {(v - ref_t) / 2:+.1f} a layer); pf+qkv {g:.1f} ({g - g0:+.1f})")
             if persist:
                 print("   ", set_persisting(0))
-        del layers
+        layers.clear()  # free this shape's caches (the lambdas above close over the name)
         torch.cuda.empty_cache()
 
 
