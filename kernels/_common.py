@@ -109,6 +109,16 @@ def l2_prefetch_lines(ptrs, mask, LINES: tl.constexpr):
         _prefetch_lines(ptrs, mask, _PREFETCH_4)
 
 
+_PROPS: dict[torch.device, object] = {}
+
+
+def device_properties(device: torch.device):
+    """``torch.cuda.get_device_properties(device)``, asked once a device (launch wrappers read it per call)."""
+    if device not in _PROPS:
+        _PROPS[device] = torch.cuda.get_device_properties(device)
+    return _PROPS[device]
+
+
 def reg_cap(maxnreg: int | None) -> dict:
     """Launch arguments capping a kernel's registers a thread (ptxas ``maxrregcount``): fewer registers, more
     programs resident on an SM. Empty (the compiler's choice) for None or where the interpreter runs."""

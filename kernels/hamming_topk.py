@@ -50,7 +50,7 @@ import triton.language as tl
 
 from hatac.errors import HatacError
 from hatac.kernels._common import (
-    budget_args, grid_sync, hw_flag, l2_prefetch, l2_prefetch_lines, next_pow2, pdl_args, popcount, reg_cap, select_count,
+    budget_args, device_properties, grid_sync, hw_flag, l2_prefetch, l2_prefetch_lines, next_pow2, pdl_args, popcount, reg_cap, select_count,
 )
 
 _NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
@@ -466,13 +466,8 @@ def _kv_prefetch_rows(q_codes: torch.Tensor, k_cache, v_cache, n_sel: int) -> in
     return row // 128
 
 
-_L2_BYTES: dict[torch.device, int] = {}
-
-
 def _l2_bytes(device: torch.device) -> int:
-    if device not in _L2_BYTES:
-        _L2_BYTES[device] = int(torch.cuda.get_device_properties(device).L2_cache_size)
-    return _L2_BYTES[device]
+    return int(device_properties(device).L2_cache_size)
 
 
 _HINTS: dict[tuple, torch.Tensor] = {}

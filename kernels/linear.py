@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import grid_sync, hw_flag, interpreting, l2_prefetch, pdl_args
+from hatac.kernels._common import device_properties, grid_sync, hw_flag, interpreting, l2_prefetch, pdl_args
 
 CONFIG = {
     "max_rows": 16, "block_n": 32, "block_k": 256, "stages": 5, "warps": 4,
@@ -76,15 +76,15 @@ def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bo
     return x.device.type != "cuda" or _wave_fill(w.shape[0], x.device) >= CONFIG["min_wave_fill"]
 
 
-_SMS: dict[torch.device, int] = {}
+def _sm_count(device: torch.device) -> int:
+    return device_properties(device).multi_processor_count
 
 
 def _wave_fill(n: int, device: torch.device) -> float:
     """Mean programs an SM over the most any SM runs (1.0: every SM equally busy)."""
-    if device not in _SMS:
-        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device)
     programs = triton.cdiv(n, CONFIG["block_n"])
-    return programs / _SMS[device] / triton.cdiv(programs, _SMS[device])
+    return programs / sms / triton.cdiv(programs, sms)
 
 
 def _prefetch_bytes(x: torch.Tensor, w: torch.Tensor, block_n: int, frac: float) -> int:

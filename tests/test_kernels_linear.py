@@ -106,7 +106,7 @@ def test_gemv_only_where_its_programs_fill_the_sms(monkeypatch):
     """132 SMs (H100): 128 or 896 programs of 32 rows fill them evenly and take the GEMV; q/k/v's 192 do
     not (one SM in two would run two), nor would 32."""
     dev = torch.device("cuda", 99)
-    monkeypatch.setitem(L._SMS, dev, 132)
+    monkeypatch.setattr(L, "_sm_count", lambda device: 132)
     assert L._wave_fill(4096, dev) == pytest.approx(128 / 132)
     assert L._wave_fill(28672, dev) == pytest.approx(896 / 132 / 7)
     assert L._wave_fill(6144, dev) == pytest.approx(192 / 132 / 2)
