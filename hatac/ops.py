@@ -134,6 +134,21 @@ def _(x, weight, bias=None, l2_prefetch=0.0):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+@torch.library.custom_op("hatac::linear_silu_mul", mutates_args=())
+def linear_silu_mul(x: Tensor, weight: Tensor) -> Tensor:
+    """``SiLU(g) * u`` for ``[g | u] = F.linear(x, weight)``: a gated MLP's stacked gate/up projection and its
+    activation, for decode graphs (hatac.passes.decode_linears.FuseGatedLinear). Its CUDA body is the GEMV
+    storing only the product. A runtime op, like ``hatac::linear``."""
+    gate, up = torch.nn.functional.linear(x, weight).chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+@linear_silu_mul.register_fake
+def _(x, weight):
+    torch._check(weight.shape[0] % 2 == 0, lambda: "linear_silu_mul needs [gate; up] weight rows")
+    return x.new_empty((*x.shape[:-1], weight.shape[0] // 2))
+
+
 # The ops a rewritten hashed layer is made of, by name, for passes, inspect and export.
 HATA_OPS = {
     "hash_encode": torch.ops.hatac.hash_encode.default,

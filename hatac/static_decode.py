@@ -19,22 +19,30 @@ from hatac.cache import HataCache
 from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
 
 # The decode step's linears through hatac::linear (a Triton GEMV for a few rows on CUDA); HATAC_DECODE_LINEAR=0: off.
-DECODE_LINEAR = {"enabled": os.environ.get("HATAC_DECODE_LINEAR", "1") != "0"}
+# "gated": a stacked gate/up projection and its SiLU-and-mul as one hatac::linear_silu_mul; HATAC_DECODE_GATED=0: off.
+DECODE_LINEAR = {
+    "enabled": os.environ.get("HATAC_DECODE_LINEAR", "1") != "0",
+    "gated": os.environ.get("HATAC_DECODE_GATED", "1") != "0",
+}
 
 
 def runtime_decode_graph(model) -> fx.GraphModule:
-    """The graph a static decode step runs: the model's decode graph, with its linears routed through
-    ``hatac::linear`` (:class:`hatac.passes.decode_linears.RouteDecodeLinears`) on a copy of the graph that
+    """The graph a static decode step runs: the model's decode graph, with a gated MLP's stacked gate/up
+    projection and its SiLU-and-mul as one ``hatac::linear_silu_mul``
+    (:class:`hatac.passes.decode_linears.FuseGatedLinear`) and the other linears routed through
+    ``hatac::linear`` (:class:`hatac.passes.decode_linears.RouteDecodeLinears`), on a copy of the graph that
     shares the model's weights. The model's own graph, which is what gets saved and exported, is unchanged.
     Cached on the model."""
     key = "_runtime_decode_graph"
     if key not in model.__dict__:
         gm = model.decode_graph
         if DECODE_LINEAR["enabled"]:
-            from hatac.passes.decode_linears import RouteDecodeLinears
+            from hatac.passes.decode_linears import FuseGatedLinear, RouteDecodeLinears
 
-            routed = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # a copy of the nodes; the same tensors
-            gm = RouteDecodeLinears().call(routed).graph_module
+            gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # a copy of the nodes; the same tensors
+            if DECODE_LINEAR["gated"]:
+                gm = FuseGatedLinear().call(gm).graph_module
+            gm = RouteDecodeLinears().call(gm).graph_module
         model.__dict__[key] = gm
     return model.__dict__[key]
 

@@ -181,6 +181,7 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
         x, wl = torch.zeros(b, 4 * d, dtype=dtype), torch.zeros(8 * d, 4 * d, dtype=dtype)
         k["linear"].linear(x, wl, None, 0.25)  # o_proj after a hashed attention: prefetches its weight
         k["linear"].linear(x, wl, torch.zeros(8 * d, dtype=dtype))
+        k["linear"].linear_silu_mul(x, wl)  # a gated MLP's gate/up and its SiLU-and-mul
     return launches
 
 

@@ -36,8 +36,10 @@ _DTYPES = (torch.bfloat16, torch.float16)
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, sxm, swn, sym,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HW_DOT: tl.constexpr, PDL: tl.constexpr, PF_BYTES: tl.constexpr,
+    HW_DOT: tl.constexpr, PDL: tl.constexpr, PF_BYTES: tl.constexpr, GATED: tl.constexpr = False,
 ):
+    """y = x @ W^T (+ b) for BLOCK_N output features a program. GATED: W is [gate; up] (2N rows) and the
+    program streams both halves' rows of its features, storing SiLU(x @ Wg^T) * (x @ Wu^T) (no bias)."""
     n0 = tl.program_id(0) * BLOCK_N
     if PF_BYTES > 0:  # contiguous rows: this program's are one span of the weight
         span = tl.minimum(PF_BYTES, (tl.minimum(N - n0, BLOCK_N) * K * w_ptr.dtype.element_ty.primitive_bitwidth) // 8)
@@ -49,22 +51,36 @@ def _gemv_kernel(
     m = tl.arange(0, BLOCK_M)
     nm = n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         km = k < K
         x = tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=(m[:, None] < M) & km[None, :], other=0.0)
         w = tl.load(w_ptr + n[:, None].to(tl.int64) * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+        if GATED:
+            wu = tl.load(w_ptr + (n + N)[:, None].to(tl.int64) * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
         if not HW_DOT:  # the interpreter's 16-bit dot is wrong: float32 there (exact products of 16-bit values)
             x = x.to(tl.float32)
             w = w.to(tl.float32)
+            if GATED:
+                wu = wu.to(tl.float32)
         acc = tl.dot(x, tl.trans(w), acc)
+        if GATED:
+            acc_up = tl.dot(x, tl.trans(wu), acc_up)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + m[:, None] * sym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=(m[:, None] < M) & nm[None, :])
+    out_ty = y_ptr.dtype.element_ty
+    if GATED:  # rounded where the unfused graph rounds: the linear's output, then SiLU's
+        gate = acc.to(out_ty).to(tl.float32)
+        gate = (gate * tl.sigmoid(gate)).to(out_ty).to(tl.float32)
+        acc = gate * acc_up.to(out_ty).to(tl.float32)
+    tl.store(y_ptr + m[:, None] * sym + n[None, :], acc.to(out_ty), mask=(m[:, None] < M) & nm[None, :])
 
 
-def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether :func:`linear` takes the Triton GEMV for these operands (else it calls F.linear)."""
+def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, gated: bool = False) -> bool:
+    """Whether :func:`linear` (``gated``: :func:`linear_silu_mul`) takes the Triton GEMV for these operands."""
+    if gated and (bias is not None or w.dim() != 2 or w.shape[0] % 2):
+        return False
     if not (hw_flag(x) or interpreting()) or x.dtype not in _DTYPES or w.dtype != x.dtype or w.dim() != 2:
         return False
     if bias is not None and (bias.dtype != x.dtype or bias.dim() != 1 or bias.stride(0) != 1):
@@ -73,6 +89,7 @@ def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bo
     rows = x.numel() // k if k else 0
     if not (1 <= rows <= CONFIG["max_rows"] and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1):
         return False
+    # gated: a program streams BLOCK_N / 2 rows of each half, as many programs as BLOCK_N rows of the whole
     return x.device.type != "cuda" or _wave_fill(w.shape[0], x.device) >= CONFIG["min_wave_fill"]
 
 
@@ -102,8 +119,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ``l2_prefetch`` > 0 each program first asks the L2 for that fraction of its weight rows (Hopper, PDL)."""
     if not gemv_fits(x, weight, bias):
         return F.linear(x, weight, bias)
+    return _launch(x, weight, bias, l2_prefetch, gated=False)
+
+
+def silu_mul_reference(y: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up of ``y = [gate | up]`` (its last dim split in halves), as the unfused graph computes it."""
+    gate, up = y.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Triton body of ``hatac::linear_silu_mul``: ``SiLU(x @ Wg^T) * (x @ Wu^T)`` for ``weight = [Wg; Wu]``,
+    the GEMV storing only the product (no separate SiLU-and-mul kernel, no [gate | up] round trip)."""
+    if not gemv_fits(x, weight, None, gated=True):
+        return silu_mul_reference(F.linear(x, weight))
+    return _launch(x, weight, None, 0.0, gated=True)
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, l2_prefetch: float, gated: bool) -> torch.Tensor:
     k = x.shape[-1]
-    n = weight.shape[0]
+    n = weight.shape[0] // 2 if gated else weight.shape[0]
     x2 = x.reshape(-1, k)
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
@@ -111,11 +146,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     hw = hw_flag(x)
     block_n = CONFIG["block_n"] if hw else INTERP["block_n"]
+    if gated and hw:  # BLOCK_N / 2 rows of each half: a program streams as many bytes as a plain one
+        block_n //= 2
     block_k = CONFIG["block_k"] if hw else INTERP["block_k"]
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x2, weight, weight if bias is None else bias, y, rows, n, k, x2.stride(0), weight.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, HW_DOT=hw,
-        PF_BYTES=_prefetch_bytes(x, weight, block_n, l2_prefetch),
+        HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, HW_DOT=hw, GATED=gated,
+        PF_BYTES=0 if gated else _prefetch_bytes(x, weight, block_n, l2_prefetch),
         num_warps=CONFIG["warps"], num_stages=CONFIG["stages"] if hw else 1, **pdl_args(x),
     )
     return y.view(*x.shape[:-1], n)

@@ -12,6 +12,8 @@ keep ``aten.linear``. ``HATAC_DECODE_LINEAR=0`` turns it off (for A/B timing).
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
@@ -67,5 +69,71 @@ class RouteDecodeLinears(PassBase):
                 node.args = (x, w, rest[0] if rest else None, pf)
                 modified = True
         if modified:
+            gm.recompile()
+        return PassResult(gm, modified)
+
+
+def _only_user(node: fx.Node, user: fx.Node) -> bool:
+    return list(node.users) == [user]
+
+
+def _gated_mlp(mul: fx.Node):
+    """``(linear, nodes)`` if ``mul`` is ``silu(g) * u`` for ``[g | u] = split(linear(x, W), [n, n], -1)`` with
+    nothing else reading the linear, the split or the SiLU (``nodes``: the pattern, users first); else None."""
+    if mul.op != "call_function" or mul.target != aten.mul.Tensor or mul.kwargs or len(mul.args) != 2:
+        return None
+    a, b = mul.args
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+        return None
+    silu, up = (a, b) if a.target == aten.silu.default else (b, a)
+    if silu.target != aten.silu.default or silu.kwargs or not _only_user(silu, mul):
+        return None
+    gate = silu.args[0]
+    if not (isinstance(gate, fx.Node) and gate.target is operator.getitem and up.target is operator.getitem):
+        return None
+    split = gate.args[0]
+    if up.args[0] is not split or (gate.args[1], up.args[1]) != (0, 1) or not (_only_user(gate, silu) and _only_user(up, mul)):
+        return None
+    if split.target != aten.split_with_sizes.default or len(split.users) != 2:
+        return None
+    lin, sizes, *dim = split.args
+    val = lin.meta.get("val") if isinstance(lin, fx.Node) else None
+    last = (dim[0] if dim else 0) in (-1, None if val is None else val.dim() - 1)
+    if not (last and len(sizes) == 2 and sizes[0] == sizes[1] and isinstance(lin, fx.Node)):
+        return None
+    if lin.target != aten.linear.default or lin.kwargs or len(lin.args) != 2 or not _only_user(lin, split):
+        return None
+    return lin, [mul, silu, gate, up, split, lin]
+
+
+class FuseGatedLinear(PassBase):
+    """``silu(g) * u`` of ``[g | u] = linear(x, W_gate_up)`` -> ``hatac::linear_silu_mul(x, W_gate_up)``.
+
+    A gated MLP whose gate and up projections are stacked (``fuse_linears``) computes both halves, a SiLU
+    and a product: at decode, one GEMV that streams a program's gate and up rows together and stores only
+    the product replaces a GEMM, a [gate | up] tensor and an elementwise kernel. Same math and the same
+    roundings (the linear's output, then SiLU's). Runtime-only, like :class:`RouteDecodeLinears` (which
+    it runs before: it takes ``aten.linear``)."""
+
+    modes = (DECODE,)
+
+    def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
+        import hatac.ops  # noqa: F401  (defines hatac::linear_silu_mul)
+
+        modified = False
+        for mul in list(gm.graph.nodes):
+            found = _gated_mlp(mul)
+            if found is None:
+                continue
+            lin, pattern = found
+            with gm.graph.inserting_before(mul):
+                fused = gm.graph.call_function(torch.ops.hatac.linear_silu_mul.default, tuple(lin.args))
+            fused.meta.update({k: v for k, v in mul.meta.items() if k in ("val", "tensor_meta", "stack_trace", "nn_module_stack")})
+            mul.replace_all_uses_with(fused)
+            for node in pattern:
+                gm.graph.erase_node(node)
+            modified = True
+        if modified:
+            gm.graph.lint()
             gm.recompile()
         return PassResult(gm, modified)

@@ -4,6 +4,7 @@ compiled on the GPU (tests marked ``gpu``), and the decode step's routing of its
 from __future__ import annotations
 
 import importlib
+import operator
 import os
 import sys
 
@@ -128,7 +129,10 @@ def test_runtime_decode_graph_routes_linears_and_leaves_the_model_graph():
     assert [n for n in hm.decode_graph.graph.nodes if n.target == linear] == before  # untouched
     assert not [n for n in routed.graph.nodes if n.target == linear]
     mine = [n for n in routed.graph.nodes if n.target == torch.ops.hatac.linear.default]
-    assert len(mine) == len(before)
+    gated = [n for n in routed.graph.nodes if n.target == torch.ops.hatac.linear_silu_mul.default]
+    assert len(gated) == hm.config.num_hidden_layers  # each MLP's stacked gate/up and its SiLU-and-mul
+    assert len(mine) + len(gated) == len(before)
+    assert not [n for n in routed.graph.nodes if n.target == torch.ops.aten.silu.default]
     # o_proj of each hashed layer (it reads hatac::sparse_attention's output) prefetches; nothing else does
     attn = [n for n in routed.graph.nodes if n.target == torch.ops.hatac.sparse_attention.default]
     assert attn and sorted(n.args[3] for n in mine) == [0.0] * (len(mine) - len(attn)) + [0.25] * len(attn)
@@ -154,3 +158,89 @@ def test_reads_sparse_attention_sees_through_layout_ops_only():
     other = g.call_function(aten.linear.default, (q, w))
     assert reads_sparse_attention(direct) and reads_sparse_attention(through)
     assert not reads_sparse_attention(after_math) and not reads_sparse_attention(other)
+
+
+def _gated_reference(x, w):
+    gate, up = F.linear(x.float(), w.float()).chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@interp
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("rows,n,k", [(1, 40, 96), (8, 34, 80), (16, 64, 32), (3, 2, 16)])
+def test_gated_gemv_matches_silu_mul_interpreted(dtype, tol, rows, n, k):
+    """SiLU(x Wg^T) * (x Wu^T) for W = [Wg; Wu]: halves not a multiple of the block, x of rank 3. (bf16's
+    tolerance is the interpreter's: it rounds float32 to bf16 toward zero, the GPU to nearest.)"""
+    gen = torch.Generator().manual_seed(rows * n + k)
+    x = torch.randn(rows, 1, k, generator=gen).to(dtype)
+    w = (torch.randn(n, k, generator=gen) * 0.3).to(dtype)
+    assert L.gemv_fits(x, w, None, gated=True)
+    got = L.linear_silu_mul(x, w)
+    want = _gated_reference(x, w)
+    assert got.shape == (rows, 1, n // 2) and got.dtype == dtype
+    assert ((got.float() - want).norm() / want.norm()).item() < tol
+
+
+def test_gated_gemv_declines_what_it_cannot_take():
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    assert not L.gemv_fits(x, torch.randn(33, 64).to(torch.bfloat16), None, gated=True)  # odd rows: no halves
+    assert not L.gemv_fits(x, torch.randn(32, 64).to(torch.bfloat16), torch.randn(32).to(torch.bfloat16), gated=True)
+    x32, w32 = torch.randn(2, 64), torch.randn(32, 64)  # float32: the fallback, same result
+    torch.testing.assert_close(L.linear_silu_mul(x32, w32), _gated_reference(x32, w32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device, compiled Triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 8, 16])
+@pytest.mark.parametrize("n,k", [(28672, 4096), (2 * 8960, 1536), (2 * 3072, 1024)], ids=["llama3-8b", "qwen2-1.5b", "small"])
+def test_gated_gemv_gpu(n, k, dtype, rows):
+    """Against the unfused graph (linear, then SiLU-and-mul) and float32; Llama-3-8B's shape takes the GEMV."""
+    gen = torch.Generator(device="cuda").manual_seed(n + rows)
+    x = torch.randn(rows, k, device="cuda", generator=gen).to(dtype)
+    w = (torch.randn(n, k, device="cuda", generator=gen) * 0.02).to(dtype)
+    if n == 28672:
+        assert L.gemv_fits(x, w, None, gated=True)
+    got = torch.ops.hatac.linear_silu_mul(x, w)
+    unfused = L.silu_mul_reference(F.linear(x, w))
+    want = _gated_reference(x, w)
+    assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
+    assert ((got.float() - unfused.float()).norm() / want.norm()).item() < 1e-2
+
+
+def _mlp_graph(sizes=(8, 8), extra_silu_user=False, swap=False):
+    aten = torch.ops.aten
+    g = torch.fx.Graph()
+    x, w = g.placeholder("x"), g.placeholder("w")
+    lin = g.call_function(aten.linear.default, (x, w))
+    split = g.call_function(aten.split_with_sizes.default, (lin, list(sizes), -1))
+    gate = g.call_function(operator.getitem, (split, 0))
+    up = g.call_function(operator.getitem, (split, 1))
+    act = g.call_function(aten.silu.default, (gate,))
+    mul = g.call_function(aten.mul.Tensor, (up, act) if swap else (act, up))
+    g.output((mul, act) if extra_silu_user else mul)
+    return torch.fx.GraphModule(torch.nn.Module(), g)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_fuse_gated_linear_rewrites_the_pattern(swap):
+    from hatac.passes.decode_linears import FuseGatedLinear
+
+    gm = _mlp_graph(swap=swap)
+    x, w = torch.randn(3, 5), torch.randn(16, 5)
+    want = gm(x, w)
+    res = FuseGatedLinear().call(gm)
+    assert res.modified
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets == [torch.ops.hatac.linear_silu_mul.default]
+    torch.testing.assert_close(gm(x, w), want)
+
+
+@pytest.mark.parametrize("kind", ["unequal halves", "silu read elsewhere"])
+def test_fuse_gated_linear_leaves_other_graphs(kind):
+    from hatac.passes.decode_linears import FuseGatedLinear
+
+    gm = _mlp_graph(sizes=(6, 10)) if kind == "unequal halves" else _mlp_graph(extra_silu_user=True)
+    before = [n.target for n in gm.graph.nodes]
+    assert not FuseGatedLinear().call(gm).modified
+    assert [n.target for n in gm.graph.nodes] == before

@@ -134,6 +134,7 @@ def test_opcheck_every_op():
         (ops.hash_encode_step_kv.default, (x, x[:, :hkv], x[:, hkv:], w, kc.clone(), vc.clone(), kcodes.clone(), q_pos)),
         (ops.linear.default, (x, w[0].t().contiguous())),
         (ops.linear.default, (x, w[0].t().contiguous(), torch.randn(64, generator=gen), 0.25)),
+        (ops.linear_silu_mul.default, (x, w[0].t().contiguous())),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
