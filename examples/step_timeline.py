@@ -24,7 +24,9 @@ def short(name: str) -> str:
     """A kernel's family: hatac's kernels by name, inductor's by what they fuse, cuBLAS as gemm."""
     if name.startswith("triton_"):
         parts = name.split("_")
-        tags = [t for t in ("rsqrt", "silu", "cos", "embedding", "index") if t in parts]
+        if "rsqrt" in parts:  # an RMSNorm, whatever else it fuses (its consumer's name may say silu)
+            return "inductor:rmsnorm" + ("+embedding" if "embedding" in parts else "")
+        tags = [t for t in ("silu", "cos", "index") if t in parts]
         return "inductor:" + ("+".join(tags) or parts[1])
     if "nvjet" in name or "gemm" in name or "cutlass" in name:
         return "cublas"
