@@ -207,7 +207,7 @@ def main() -> None:
             per = [lab for _, lab in rows if lab.startswith("persist")]
             if per:
                 best[(name, mm)] = per[0]
-        del w
+        w = None  # free it before the next shape (the timing lambdas close over the name)
         torch.cuda.empty_cache()
 
     # Four layers' projections back to back in one graph, each layer's own weights (no L2 reuse).
