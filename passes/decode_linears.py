@@ -137,3 +137,122 @@ class FuseGatedLinear(PassBase):
             gm.graph.lint()
             gm.recompile()
         return PassResult(gm, modified)
+
+
+_ASSERT = aten._assert_tensor_metadata.default
+
+
+def _call(node, *targets) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def _dtype(node: fx.Node):
+    val = node.meta.get("val")
+    return getattr(val, "dtype", None)
+
+
+def _other(node: fx.Node, one) -> object:
+    """The argument of binary ``node`` that is not ``one`` (None if neither is)."""
+    a, b = node.args[:2]
+    return b if a is one else a if b is one else None
+
+
+def _linear_add_norm(out: fx.Node):
+    """Match ``out = w * to(to(s, f32) * rsqrt(mean(to(s, f32)^2, -1) + eps), dtype)`` for ``s = residual +
+    linear(x, W)`` (a Llama-style RMSNorm after a residual add; the casts may be absent in float32 graphs).
+    Returns (x, W, residual, w, eps, s, xf, nodes) or None; ``nodes``: the pattern, users first."""
+    if not _call(out, aten.mul.Tensor) or out.kwargs or len(out.args) != 2:
+        return None
+    for w, t in (out.args, out.args[::-1]):
+        if isinstance(w, fx.Node) and w.op == "get_attr" and isinstance(t, fx.Node):
+            break
+    else:
+        return None
+    m = t.args[0] if _call(t, aten.to.dtype) else t
+    if not _call(m, aten.mul.Tensor) or len(m.args) != 2:
+        return None
+    r = next((a for a in m.args if _call(a, aten.rsqrt.default)), None)
+    xf = _other(m, r) if r is not None else None
+    a = r.args[0] if r is not None else None
+    if not (_call(a, aten.add.Tensor) and isinstance(a.args[1], float) and _call(a.args[0], aten.mean.dim)):
+        return None
+    mean, eps = a.args
+    p = mean.args[0]
+    if not (list(mean.args[1]) == [-1] and mean.args[2:] == (True,) and not mean.kwargs):
+        return None
+    if not (_call(p, aten.pow.Tensor_Scalar) and p.args == (xf, 2) and isinstance(xf, fx.Node)):
+        return None
+    s = xf.args[0] if _call(xf, aten.to.dtype) and xf.args[1:] == (torch.float32,) else xf
+    if not _call(s, aten.add.Tensor) or s.kwargs or len(s.args) != 2:
+        return None
+    lin = next((a for a in s.args if _call(a, aten.linear.default) and len(a.args) == 2 and not a.kwargs), None)
+    residual = _other(s, lin) if lin is not None else None
+    if not isinstance(residual, fx.Node) or list(lin.users) != [s]:
+        return None
+    dt = _dtype(s)
+    if dt is None or _dtype(residual) != dt or _dtype(lin) != dt or _dtype(out) != dt or _dtype(w) not in (None, dt):
+        return None
+    chain = [out] + ([t] if t is not m else []) + [m, r, a, mean, p]
+    if xf is not s:
+        chain.append(xf)
+    inner = set(chain)
+    for node, allowed in ((t, {out}), (m, {t} if t is not m else {out}), (r, {m}), (a, {r}), (mean, {a}), (p, {mean})):
+        if any(u not in allowed and not _call(u, _ASSERT) for u in node.users):
+            return None
+    if xf is not s and _dtype(xf) != dt and any(u not in inner and not _call(u, _ASSERT) for u in xf.users):
+        return None  # the float32 copy is read elsewhere: the fused op does not give it
+    return lin.args[0], lin.args[1], residual, w, eps, s, xf, lin, chain
+
+
+class FuseLinearAddNorm(PassBase):
+    """``w * RMSNorm(residual + linear(x, W))`` -> ``hatac::linear_add_rms_norm(x, W, residual, w, eps)``.
+
+    In a Llama-style decoder every projection that closes a block (``o_proj``, ``down_proj``) is followed by
+    the residual add and the next block's RMSNorm; at decode the norm is a small kernel between two weight
+    streams. The fused op's GEMV adds the residual in its epilogue and its last program does the norm
+    (same math and roundings as the graph), so the next projection follows the GEMV directly. The sum
+    (the residual stream) is the op's first output and replaces the add everywhere else. Runtime-only,
+    like :class:`RouteDecodeLinears` (which it runs before: it takes ``aten.linear``); ``o_proj`` after a
+    hashed attention keeps its ``l2_prefetch``."""
+
+    modes = (DECODE,)
+
+    def __init__(self, after_sparse_attention: float = 0.25):
+        self.after_sparse_attention = float(after_sparse_attention)
+
+    def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
+        import hatac.ops  # noqa: F401  (defines hatac::linear_add_rms_norm)
+
+        modified = False
+        for out in list(gm.graph.nodes):
+            found = _linear_add_norm(out)
+            if found is None:
+                continue
+            x, w_lin, residual, w_norm, eps, s, xf, lin, chain = found
+            pf = self.after_sparse_attention if reads_sparse_attention(lin) else 0.0
+            with gm.graph.inserting_before(out):
+                fused = gm.graph.call_function(torch.ops.hatac.linear_add_rms_norm.default, (x, w_lin, residual, w_norm, eps, pf))
+                h = gm.graph.call_function(operator.getitem, (fused, 0))
+                normed = gm.graph.call_function(operator.getitem, (fused, 1))
+            for node, val in ((h, s), (normed, out)):
+                node.meta.update({k: v for k, v in val.meta.items() if k in ("val", "tensor_meta")})
+            out.replace_all_uses_with(normed)
+            for node in chain:
+                for u in list(node.users):
+                    if _call(u, _ASSERT):
+                        gm.graph.erase_node(u)
+                if node is xf and node.users:  # a no-op cast of the sum, read later: the sum
+                    node.replace_all_uses_with(h)
+                gm.graph.erase_node(node)
+            # the sum's other readers (the next residual add) take the op's; asserts on it go
+            for u in list(s.users):
+                if _call(u, _ASSERT):
+                    gm.graph.erase_node(u)
+            s.replace_all_uses_with(h)
+            gm.graph.erase_node(s)
+            gm.graph.erase_node(lin)
+            modified = True
+        if modified:
+            gm.graph.lint()
+            gm.recompile()
+        return PassResult(gm, modified)
