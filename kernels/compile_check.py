@@ -93,11 +93,13 @@ def recording(case: str, launches: list[Launch]):
     saved_run = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
-        params = list(inspect.signature(self.fn).parameters)
+        sig = inspect.signature(self.fn).parameters
+        params = list(sig)
         options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "launch_pdl", "maxnreg") if k in kwargs}
-        values = dict(zip(params, args))
+        values = {n: p.default for n, p in sig.items() if p.default is not inspect.Parameter.empty}  # left out: defaults
+        values.update(zip(params, args))
         values.update(kwargs)
-        const_names = {p.name for p in self.params if p.is_constexpr}
+        const_names = {p.name for p in self.params if p.is_constexpr} | {n for n in params if values[n] is None}
         signature = {n: ("constexpr" if n in const_names else _arg_type(values[n])) for n in params}
         constexprs = {n: values[n] for n in params if n in const_names}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(params) if n not in const_names and _divisible(values[n])}
