@@ -149,27 +149,6 @@ def _(x, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0] // 2))
 
 
-@torch.library.custom_op("hatac::linear_add_rms_norm", mutates_args=())
-def linear_add_rms_norm(
-    x: Tensor, weight: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, l2_prefetch: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """``h = residual + F.linear(x, weight)`` and ``norm_weight * RMSNorm(h)`` (float32 statistics, rounded
-    as a Llama-style decoder rounds): a projection, the residual add after it and the next RMSNorm, for
-    decode graphs (hatac.passes.decode_linears.FuseLinearAddNorm). Its CUDA body is the GEMV, whose last
-    program does the norm. ``l2_prefetch``: as ``hatac::linear``'s. A runtime op, like ``hatac::linear``."""
-    h = residual + torch.nn.functional.linear(x, weight)
-    hf = h.float()
-    normed = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
-    return h, norm_weight * normed
-
-
-@linear_add_rms_norm.register_fake
-def _(x, weight, residual, norm_weight, eps, l2_prefetch=0.0):
-    h = residual.new_empty(torch.broadcast_shapes(residual.shape, (*x.shape[:-1], weight.shape[0])),
-                           dtype=torch.promote_types(residual.dtype, x.dtype))
-    return h, h.new_empty(h.shape, dtype=torch.promote_types(norm_weight.dtype, h.dtype))
-
-
 # The ops a rewritten hashed layer is made of, by name, for passes, inspect and export.
 HATA_OPS = {
     "hash_encode": torch.ops.hatac.hash_encode.default,

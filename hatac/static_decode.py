@@ -23,9 +23,6 @@ from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
 DECODE_LINEAR = {
     "enabled": os.environ.get("HATAC_DECODE_LINEAR", "1") != "0",
     "gated": os.environ.get("HATAC_DECODE_GATED", "1") != "0",
-    # "norm": a block's closing projection, the residual add and the next RMSNorm as one
-    # hatac::linear_add_rms_norm; HATAC_DECODE_NORM=0: off.
-    "norm": os.environ.get("HATAC_DECODE_NORM", "1") != "0",
 }
 
 
@@ -40,13 +37,11 @@ def runtime_decode_graph(model) -> fx.GraphModule:
     if key not in model.__dict__:
         gm = model.decode_graph
         if DECODE_LINEAR["enabled"]:
-            from hatac.passes.decode_linears import FuseGatedLinear, FuseLinearAddNorm, RouteDecodeLinears
+            from hatac.passes.decode_linears import FuseGatedLinear, RouteDecodeLinears
 
             gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # a copy of the nodes; the same tensors
             if DECODE_LINEAR["gated"]:
                 gm = FuseGatedLinear().call(gm).graph_module
-            if DECODE_LINEAR["norm"]:
-                gm = FuseLinearAddNorm().call(gm).graph_module
             gm = RouteDecodeLinears().call(gm).graph_module
         model.__dict__[key] = gm
     return model.__dict__[key]

@@ -24,7 +24,7 @@ if AVAILABLE:
     from hatac.kernels.cache_write import cache_write
     from hatac.kernels.hamming_topk import hamming_topk
     from hatac.kernels.hash_encode import hash_encode, hash_encode_step, hash_encode_step_kv
-    from hatac.kernels.linear import linear, linear_add_rms_norm, linear_silu_mul
+    from hatac.kernels.linear import linear, linear_silu_mul
     from hatac.kernels.sparse_attention import sparse_attention
 
     KERNELS = {
@@ -37,7 +37,6 @@ if AVAILABLE:
         "cache_write": cache_write,
         "linear": linear,
         "linear_silu_mul": linear_silu_mul,
-        "linear_add_rms_norm": linear_add_rms_norm,
     }
 else:  # pragma: no cover
     KERNELS = {}

@@ -184,7 +184,6 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
         k["linear"].linear(x, wl, None, 0.25)  # o_proj after a hashed attention: prefetches its weight
         k["linear"].linear(x, wl, torch.zeros(8 * d, dtype=dtype))
         k["linear"].linear_silu_mul(x, wl)  # a gated MLP's gate/up and its SiLU-and-mul
-        k["linear"].linear_add_rms_norm(x, wl, torch.zeros(b, 8 * d, dtype=dtype), torch.ones(8 * d, dtype=dtype), 1e-5, 0.25)
     return launches
 
 

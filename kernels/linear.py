@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import device_properties, grid_sync, hw_flag, interpreting, l2_prefetch, pdl_args, self_reset_counters
+from hatac.kernels._common import device_properties, grid_sync, hw_flag, interpreting, l2_prefetch, pdl_args
 
 CONFIG = {
     "max_rows": 16, "block_n": 32, "block_k": 256, "stages": 5, "warps": 4,
@@ -42,14 +42,9 @@ def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, sxm, swn, sym,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HW_DOT: tl.constexpr, PDL: tl.constexpr, PF_BYTES: tl.constexpr, GATED: tl.constexpr = False,
-    res_ptr=None, srm=0, nw_ptr=None, o_ptr=None, som=0, cnt_ptr=None, eps=0.0,
-    ADD_NORM: tl.constexpr = False, NORM_BLOCK: tl.constexpr = 1024,
 ):
     """y = x @ W^T (+ b) for BLOCK_N output features a program. GATED: W is [gate; up] (2N rows) and the
-    program streams both halves' rows of its features, storing SiLU(x @ Wg^T) * (x @ Wu^T) (no bias).
-    ADD_NORM: y = x @ W^T + residual (the residual stream, stored), and the last program to finish (a
-    ticket on ``cnt_ptr``, which it resets) stores RMSNorm(y) * norm weight into ``o_ptr``: a decoder's
-    residual add and the next norm without a kernel of their own."""
+    program streams both halves' rows of its features, storing SiLU(x @ Wg^T) * (x @ Wu^T) (no bias)."""
     n0 = tl.program_id(0) * BLOCK_N
     if PF_BYTES > 0:  # contiguous rows: this program's are one span of the weight
         span = tl.minimum(PF_BYTES, (tl.minimum(N - n0, BLOCK_N) * K * w_ptr.dtype.element_ty.primitive_bitwidth) // 8)
@@ -84,34 +79,7 @@ def _gemv_kernel(
         gate = acc.to(out_ty).to(tl.float32)
         gate = (gate * tl.sigmoid(gate)).to(out_ty).to(tl.float32)
         acc = gate * acc_up.to(out_ty).to(tl.float32)
-    if ADD_NORM:  # rounded where the unfused graph rounds: the linear's output, then the sum
-        res = tl.load(res_ptr + m[:, None] * srm + n[None, :], mask=(m[:, None] < M) & nm[None, :], other=0.0)
-        acc = acc.to(out_ty).to(tl.float32) + res.to(tl.float32)
     tl.store(y_ptr + m[:, None] * sym + n[None, :], acc.to(out_ty), mask=(m[:, None] < M) & nm[None, :])
-    if ADD_NORM:
-        # every program's rows of y are stored before its ticket (release); the last one reads them all (acquire)
-        if tl.atomic_add(cnt_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-            _rms_norm_rows(y_ptr, sym, nw_ptr, o_ptr, som, M, N, eps, NORM_BLOCK)
-            tl.atomic_xchg(cnt_ptr, 0)
-
-
-@triton.jit
-def _rms_norm_rows(y_ptr, sym, nw_ptr, o_ptr, som, M, N, eps, BLOCK: tl.constexpr):
-    """o = w * (y * rsqrt(mean(y^2) + eps)) per row, in float32, rounded as the unfused graph rounds (the
-    normalized row to y's dtype, then the product). Reads y through L2 (``.cg``): other programs wrote it."""
-    out_ty = o_ptr.dtype.element_ty
-    for row in range(0, M):
-        ss = tl.zeros((BLOCK,), tl.float32)
-        for c0 in range(0, N, BLOCK):
-            c = c0 + tl.arange(0, BLOCK)
-            h = tl.load(y_ptr + row * sym + c, mask=c < N, other=0.0, cache_modifier=".cg").to(tl.float32)
-            ss += h * h
-        inv = 1.0 / tl.sqrt(tl.sum(ss, 0) / N + eps)
-        for c0 in range(0, N, BLOCK):
-            c = c0 + tl.arange(0, BLOCK)
-            h = tl.load(y_ptr + row * sym + c, mask=c < N, other=0.0, cache_modifier=".cg").to(tl.float32)
-            wv = tl.load(nw_ptr + c, mask=c < N, other=0.0).to(tl.float32)
-            tl.store(o_ptr + row * som + c, (wv * (h * inv).to(out_ty).to(tl.float32)).to(out_ty), mask=c < N)
 
 
 def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, gated: bool = False) -> bool:
@@ -172,45 +140,7 @@ def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _launch(x, weight, None, 0.0, gated=True)
 
 
-def add_rms_norm_reference(y: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, norm_weight * RMSNorm(h)) for h = residual + y, as a Llama-style decoder's graph computes them."""
-    h = residual + y
-    hf = h.float()
-    normed = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
-    return h, norm_weight * normed
-
-
-def norm_fits(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor) -> bool:
-    """Whether :func:`linear_add_rms_norm` takes the GEMV: it does, with the residual and the norm weight in
-    x's dtype, laid out as the output, and the norm over the whole output row."""
-    if not gemv_fits(x, weight, None) or weight.dim() != 2:
-        return False
-    n = weight.shape[0]
-    return (residual.dtype == norm_weight.dtype == x.dtype and norm_weight.shape == (n,) and norm_weight.stride(0) == 1
-            and residual.shape[-1] == n and residual.numel() == x.numel() // x.shape[-1] * n and residual.stride(-1) == 1)
-
-
-def linear_add_rms_norm(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor,
-                        eps: float, l2_prefetch: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton body of ``hatac::linear_add_rms_norm``: ``h = residual + x @ W^T`` and ``norm_weight *
-    RMSNorm(h)``, the norm done by the GEMV's last program (no norm kernel between two projections)."""
-    if not norm_fits(x, weight, residual, norm_weight):
-        return add_rms_norm_reference(F.linear(x, weight), residual, norm_weight, eps)
-    res = residual.reshape(-1, weight.shape[0])
-    if res.stride(0) != weight.shape[0]:
-        res = res.contiguous()
-    normed = torch.empty_like(res)
-    cnt = self_reset_counters("linear_add_rms_norm", x.device, 1)
-    if cnt is None:  # first seen during CUDA-graph capture: a counter of the graph's own
-        cnt = torch.zeros(1, dtype=torch.int32, device=x.device)
-    h = _launch(x, weight, None, l2_prefetch, gated=False,
-                norm=dict(res_ptr=res, srm=res.stride(0), nw_ptr=norm_weight, o_ptr=normed, som=normed.stride(0),
-                          cnt_ptr=cnt, eps=float(eps), ADD_NORM=True))
-    return h, normed.view(h.shape)
-
-
-def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, l2_prefetch: float, gated: bool,
-            norm: dict | None = None) -> torch.Tensor:
+def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, l2_prefetch: float, gated: bool) -> torch.Tensor:
     k = x.shape[-1]
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     x2 = x.reshape(-1, k)
@@ -226,6 +156,6 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, l2
         x2, weight, weight if bias is None else bias, y, rows, n, k, x2.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, HW_DOT=hw, GATED=gated,
         PF_BYTES=0 if gated else _prefetch_bytes(x, weight, block_n, l2_prefetch),
-        num_warps=cfg["warps"], num_stages=cfg["stages"] if hw else 1, **pdl_args(x), **(norm or {}),
+        num_warps=cfg["warps"], num_stages=cfg["stages"] if hw else 1, **pdl_args(x),
     )
     return y.view(*x.shape[:-1], n)
