@@ -10,6 +10,10 @@ cuBLAS: ``min_wave_fill``; docs/PERFORMANCE.md). Splitting K across programs as 
 
 Rows past ``CONFIG["max_rows"]``, other dtypes and layouts go to ``torch.nn.functional.linear`` (cuBLAS):
 prefill, and anything this kernel was not measured on.
+
+The same kernel is ``hatac::linear_silu_mul``'s body (GATED): a gated MLP's stacked gate/up weight, each
+program streaming its features' gate rows and up rows and storing SiLU(gate) * up, so that no SiLU-and-mul
+kernel stands between gate/up and down (docs/PERFORMANCE.md, session 12).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ CONFIG = {
     "min_wave_fill": 0.9,
     # hatac::linear_silu_mul's tiles: block_n rows of each half a program (``python examples/gated_gemv_probe.py``,
     # H100, Llama-3-8B's gate/up at batch 4 and 8: 82 us against 92 us for the GEMV then a SiLU-and-mul kernel;
-    # 16 rows of each half and BLOCK_K 256, the plain kernel's tiles, were slower than the pair end to end).
+    # its first tiles, 16 rows of each half and BLOCK_K 256 as the plain kernel streams, were slower than the pair
+    # end to end).
     # It takes the shapes the plain GEMV would take for the stacked weight (gemv_fits).
     "gated": {"block_n": 32, "block_k": 128, "stages": 5, "warps": 4},
 }
