@@ -23,6 +23,8 @@ from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
 DECODE_LINEAR = {
     "enabled": os.environ.get("HATAC_DECODE_LINEAR", "1") != "0",
     "gated": os.environ.get("HATAC_DECODE_GATED", "1") != "0",
+    # "norm": a residual add and the RMSNorm after it as one hatac::add_rms_norm; HATAC_DECODE_NORM=0: off.
+    "norm": os.environ.get("HATAC_DECODE_NORM", "1") != "0",
 }
 
 
@@ -38,11 +40,15 @@ def runtime_decode_graph(model) -> fx.GraphModule:
         gm = model.decode_graph
         if DECODE_LINEAR["enabled"]:
             from hatac.passes.decode_linears import FuseGatedLinear, RouteDecodeLinears
+            from hatac.passes.decode_norms import FuseAddRMSNorm
 
             gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # a copy of the nodes; the same tensors
+            pf = float(os.environ.get("HATAC_AFTER_NORM_PF", "0"))
+            if DECODE_LINEAR["norm"]:
+                gm = FuseAddRMSNorm().call(gm).graph_module
             if DECODE_LINEAR["gated"]:
-                gm = FuseGatedLinear().call(gm).graph_module
-            gm = RouteDecodeLinears().call(gm).graph_module
+                gm = FuseGatedLinear(after_norm=pf).call(gm).graph_module
+            gm = RouteDecodeLinears(after_norm=pf).call(gm).graph_module
         model.__dict__[key] = gm
     return model.__dict__[key]
 

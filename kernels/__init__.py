@@ -25,6 +25,7 @@ if AVAILABLE:
     from hatac.kernels.hamming_topk import hamming_topk
     from hatac.kernels.hash_encode import hash_encode, hash_encode_step, hash_encode_step_kv
     from hatac.kernels.linear import linear, linear_silu_mul
+    from hatac.kernels.rms_norm import add_rms_norm
     from hatac.kernels.sparse_attention import sparse_attention
 
     KERNELS = {
@@ -37,6 +38,7 @@ if AVAILABLE:
         "cache_write": cache_write,
         "linear": linear,
         "linear_silu_mul": linear_silu_mul,
+        "add_rms_norm": add_rms_norm,
     }
 else:  # pragma: no cover
     KERNELS = {}
