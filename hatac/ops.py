@@ -135,16 +135,16 @@ def _(x, weight, bias=None, l2_prefetch=0.0):
 
 
 @torch.library.custom_op("hatac::linear_silu_mul", mutates_args=())
-def linear_silu_mul(x: Tensor, weight: Tensor, l2_prefetch: float = 0.0) -> Tensor:
+def linear_silu_mul(x: Tensor, weight: Tensor) -> Tensor:
     """``SiLU(g) * u`` for ``[g | u] = F.linear(x, weight)``: a gated MLP's stacked gate/up projection and its
     activation, for decode graphs (hatac.passes.decode_linears.FuseGatedLinear). Its CUDA body is the GEMV
-    storing only the product. ``l2_prefetch``: as ``hatac::linear``'s. A runtime op, like ``hatac::linear``."""
+    storing only the product. A runtime op, like ``hatac::linear``."""
     gate, up = torch.nn.functional.linear(x, weight).chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up
 
 
 @linear_silu_mul.register_fake
-def _(x, weight, l2_prefetch=0.0):
+def _(x, weight):
     torch._check(weight.shape[0] % 2 == 0, lambda: "linear_silu_mul needs [gate; up] weight rows")
     return x.new_empty((*x.shape[:-1], weight.shape[0] // 2))
 
@@ -153,7 +153,7 @@ def _(x, weight, l2_prefetch=0.0):
 def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """``s = x + residual`` and ``weight * RMSNorm(s)`` (float32 statistics, rounded as a Llama-style decoder
     rounds): a residual add and the next block's norm, for decode graphs
-    (hatac.passes.decode_linears.FuseAddRMSNorm). Its CUDA body is one kernel launched with programmatic
+    (hatac.passes.decode_norms.FuseAddRMSNorm). Its CUDA body is one kernel launched with programmatic
     dependent launch. A runtime op, like ``hatac::linear``."""
     s = x + residual
     sf = s.float()

@@ -29,8 +29,9 @@ DECODE_LINEAR = {
 
 
 def runtime_decode_graph(model) -> fx.GraphModule:
-    """The graph a static decode step runs: the model's decode graph, with a gated MLP's stacked gate/up
-    projection and its SiLU-and-mul as one ``hatac::linear_silu_mul``
+    """The graph a static decode step runs: the model's decode graph, with each residual add and the RMSNorm
+    after it as one ``hatac::add_rms_norm`` (:class:`hatac.passes.decode_norms.FuseAddRMSNorm`), a gated MLP's
+    stacked gate/up projection and its SiLU-and-mul as one ``hatac::linear_silu_mul``
     (:class:`hatac.passes.decode_linears.FuseGatedLinear`) and the other linears routed through
     ``hatac::linear`` (:class:`hatac.passes.decode_linears.RouteDecodeLinears`), on a copy of the graph that
     shares the model's weights. The model's own graph, which is what gets saved and exported, is unchanged.
@@ -43,12 +44,11 @@ def runtime_decode_graph(model) -> fx.GraphModule:
             from hatac.passes.decode_norms import FuseAddRMSNorm
 
             gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # a copy of the nodes; the same tensors
-            pf = float(os.environ.get("HATAC_AFTER_NORM_PF", "0"))
             if DECODE_LINEAR["norm"]:
                 gm = FuseAddRMSNorm().call(gm).graph_module
             if DECODE_LINEAR["gated"]:
-                gm = FuseGatedLinear(after_norm=pf).call(gm).graph_module
-            gm = RouteDecodeLinears(after_norm=pf).call(gm).graph_module
+                gm = FuseGatedLinear().call(gm).graph_module
+            gm = RouteDecodeLinears().call(gm).graph_module
         model.__dict__[key] = gm
     return model.__dict__[key]
 

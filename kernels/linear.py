@@ -51,12 +51,11 @@ def _gemv_kernel(
     """y = x @ W^T (+ b) for BLOCK_N output features a program. GATED: W is [gate; up] (2N rows) and the
     program streams both halves' rows of its features, storing SiLU(x @ Wg^T) * (x @ Wu^T) (no bias)."""
     n0 = tl.program_id(0) * BLOCK_N
-    if PF_BYTES > 0:  # contiguous rows: this program's are one span of the weight (two when GATED)
+    if PF_BYTES > 0:  # contiguous rows: this program's are one span of the weight
         span = tl.minimum(PF_BYTES, (tl.minimum(N - n0, BLOCK_N) * K * w_ptr.dtype.element_ty.primitive_bitwidth) // 8)
-        for half in tl.static_range(2 if GATED else 1):
-            base = (w_ptr + (n0 + half * N).to(tl.int64) * swn).to(tl.pointer_type(tl.int8))
-            for off in range(0, span, 65536):
-                l2_prefetch(base + off, tl.minimum(span - off, 65536))
+        base = (w_ptr + n0.to(tl.int64) * swn).to(tl.pointer_type(tl.int8))
+        for off in range(0, span, 65536):
+            l2_prefetch(base + off, tl.minimum(span - off, 65536))
     grid_sync(PDL)
     n = n0 + tl.arange(0, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
@@ -138,12 +137,12 @@ def silu_mul_reference(y: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor, l2_prefetch: float = 0.0) -> torch.Tensor:
+def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Triton body of ``hatac::linear_silu_mul``: ``SiLU(x @ Wg^T) * (x @ Wu^T)`` for ``weight = [Wg; Wu]``,
     the GEMV storing only the product (no separate SiLU-and-mul kernel, no [gate | up] round trip)."""
     if not gemv_fits(x, weight, None, gated=True):
         return silu_mul_reference(F.linear(x, weight))
-    return _launch(x, weight, None, l2_prefetch, gated=True)
+    return _launch(x, weight, None, 0.0, gated=True)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, l2_prefetch: float, gated: bool) -> torch.Tensor:
@@ -161,7 +160,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, l2
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x2, weight, weight if bias is None else bias, y, rows, n, k, x2.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, HW_DOT=hw, GATED=gated,
-        PF_BYTES=_prefetch_bytes(x, weight, block_n, l2_prefetch),
+        PF_BYTES=0 if gated else _prefetch_bytes(x, weight, block_n, l2_prefetch),
         num_warps=cfg["warps"], num_stages=cfg["stages"] if hw else 1, **pdl_args(x),
     )
     return y.view(*x.shape[:-1], n)

@@ -18,7 +18,6 @@ import torch
 import torch.fx as fx
 
 from hatac.passes.base import DECODE, PassBase, PassContext, PassResult
-from hatac.passes.decode_norms import reads_add_rms_norm
 
 aten = torch.ops.aten
 
@@ -55,9 +54,8 @@ class RouteDecodeLinears(PassBase):
 
     modes = (DECODE,)
 
-    def __init__(self, after_sparse_attention: float = 0.25, after_norm: float = 0.0):
+    def __init__(self, after_sparse_attention: float = 0.25):
         self.after_sparse_attention = float(after_sparse_attention)
-        self.after_norm = float(after_norm)
 
     def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
         import hatac.ops  # noqa: F401  (defines hatac::linear)
@@ -66,7 +64,7 @@ class RouteDecodeLinears(PassBase):
         for node in gm.graph.nodes:
             if node.op == "call_function" and node.target == aten.linear.default and not node.kwargs:
                 x, w, *rest = node.args
-                pf = self.after_sparse_attention if reads_sparse_attention(node) else self.after_norm if reads_add_rms_norm(node) else 0.0
+                pf = self.after_sparse_attention if reads_sparse_attention(node) else 0.0
                 node.target = torch.ops.hatac.linear.default
                 node.args = (x, w, rest[0] if rest else None, pf)
                 modified = True
@@ -119,9 +117,6 @@ class FuseGatedLinear(PassBase):
 
     modes = (DECODE,)
 
-    def __init__(self, after_norm: float = 0.0):
-        self.after_norm = float(after_norm)
-
     def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
         import hatac.ops  # noqa: F401  (defines hatac::linear_silu_mul)
 
@@ -132,8 +127,7 @@ class FuseGatedLinear(PassBase):
                 continue
             lin, pattern = found
             with gm.graph.inserting_before(mul):
-                pf = self.after_norm if reads_add_rms_norm(lin) else 0.0
-                fused = gm.graph.call_function(torch.ops.hatac.linear_silu_mul.default, (*lin.args, pf))
+                fused = gm.graph.call_function(torch.ops.hatac.linear_silu_mul.default, tuple(lin.args))
             fused.meta.update({k: v for k, v in mul.meta.items() if k in ("val", "tensor_meta", "stack_trace", "nn_module_stack")})
             mul.replace_all_uses_with(fused)
             for node in pattern:

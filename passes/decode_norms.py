@@ -3,8 +3,8 @@ kernel launched with programmatic dependent launch.
 
 Why: in a Llama-style decoder the add and the norm sit between two weight streams (``o_proj`` -> gate/up,
 ``down_proj`` -> the next q/k/v). Inductor fuses them into one kernel too, but (torch 2.11) launches it
-without PDL; hatac's kernel launches while the GEMV in front drains and lets the GEMV behind launch under it.
-Same math, same roundings. Runtime-only, like ``RouteDecodeLinears``: applied by
+without PDL; hatac's kernel launches while the GEMV in front drains and lets the GEMV behind launch under it
+(H100, batch 8 / 32K: 7.99 -> 7.92 ms a step; docs/PERFORMANCE.md, session 12). Same math, same roundings. Runtime-only, like ``RouteDecodeLinears``: applied by
 ``hatac.static_decode.runtime_decode_graph`` to the runtime's copy of the decode graph;
 ``HATAC_DECODE_NORM=0`` turns it off.
 """
@@ -68,12 +68,6 @@ def _add_rms_norm(out: fx.Node):
     if xf is not s and _dtype(xf) != dt and any(u not in set(chain) and not _call(u, _ASSERT) for u in xf.users):
         return None  # the float32 copy is read elsewhere: the fused op does not give it
     return s.args[0], s.args[1], w, eps, s, xf, chain
-
-
-def reads_add_rms_norm(node: fx.Node) -> bool:
-    """Whether ``node``'s first input is the normalized output of a ``hatac::add_rms_norm``."""
-    src = node.args[0] if node.args else None
-    return _call(src, operator.getitem) and src.args[1] == 1 and _call(src.args[0], torch.ops.hatac.add_rms_norm.default)
 
 
 class FuseAddRMSNorm(PassBase):
