@@ -24,7 +24,7 @@ import torch
 
 _DTYPES = {torch.int32: "i32", torch.int64: "i64", torch.int16: "i16", torch.int8: "i8", torch.float32: "fp32",
            torch.float16: "fp16", torch.bfloat16: "bf16", torch.bool: "i1"}  # fmt: skip
-_MODULES = ("hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write", "linear")
+_MODULES = ("hash_encode", "hamming_topk", "sparse_attention", "cache_attention", "cache_write", "linear", "rms_norm")
 
 
 @dataclass
@@ -184,6 +184,7 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
         k["linear"].linear(x, wl, None, 0.25)  # o_proj after a hashed attention: prefetches its weight
         k["linear"].linear(x, wl, torch.zeros(8 * d, dtype=dtype))
         k["linear"].linear_silu_mul(x, wl)  # a gated MLP's gate/up and its SiLU-and-mul
+        k["rms_norm"].add_rms_norm(x, x, torch.ones(4 * d, dtype=dtype), 1e-5)  # a residual add and the next norm
     return launches
 
 

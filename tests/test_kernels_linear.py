@@ -133,6 +133,10 @@ def test_runtime_decode_graph_routes_linears_and_leaves_the_model_graph():
     assert len(gated) == hm.config.num_hidden_layers  # each MLP's stacked gate/up and its SiLU-and-mul
     assert len(mine) + len(gated) == len(before)
     assert not [n for n in routed.graph.nodes if n.target == torch.ops.aten.silu.default]
+    # each residual add and the RMSNorm after it: hatac::add_rms_norm; left: the first layer's norm (no add)
+    norms = [n for n in routed.graph.nodes if n.target == torch.ops.hatac.add_rms_norm.default]
+    assert len(norms) == 2 * hm.config.num_hidden_layers
+    assert len([n for n in routed.graph.nodes if n.target == torch.ops.aten.rsqrt.default]) == 1
     # o_proj of each hashed layer (it reads hatac::sparse_attention's output) prefetches; nothing else does
     attn = [n for n in routed.graph.nodes if n.target == torch.ops.hatac.sparse_attention.default]
     assert attn and sorted(n.args[3] for n in mine) == [0.0] * (len(mine) - len(attn)) + [0.25] * len(attn)

@@ -135,6 +135,7 @@ def test_opcheck_every_op():
         (ops.linear.default, (x, w[0].t().contiguous())),
         (ops.linear.default, (x, w[0].t().contiguous(), torch.randn(64, generator=gen), 0.25)),
         (ops.linear_silu_mul.default, (x, w[0].t().contiguous())),
+        (ops.add_rms_norm.default, (x, torch.randn(b, hq, s, d, generator=gen), torch.rand(d, generator=gen), 1e-6)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
