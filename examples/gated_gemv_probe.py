@@ -17,7 +17,8 @@ import triton.language as tl
 
 import hatac.kernels  # noqa: F401
 from hatac.bench_kernels import _graph_bench
-from hatac.kernels.linear import _gemv_kernel, linear, silu_mul_reference
+from hatac import reference
+from hatac.kernels.linear import _gemv_kernel, linear
 
 
 @triton.jit
@@ -53,7 +54,7 @@ def main() -> None:
     for mm in args.batches:
         x = torch.randn(mm, k, device="cuda", dtype=dt)
         act = torch.empty(mm, n // 2, device="cuda", dtype=dt)
-        ref = silu_mul_reference(linear(x, w))
+        ref = reference.linear_silu_mul(x, w)
 
         def unfused():
             _silu_mul[(mm,)](linear(x, w), act, n // 2, BLOCK=2048)

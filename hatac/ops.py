@@ -139,8 +139,7 @@ def linear_silu_mul(x: Tensor, weight: Tensor) -> Tensor:
     """``SiLU(g) * u`` for ``[g | u] = F.linear(x, weight)``: a gated MLP's stacked gate/up projection and its
     activation, for decode graphs (hatac.passes.decode_linears.FuseGatedLinear). Its CUDA body is the GEMV
     storing only the product. A runtime op, like ``hatac::linear``."""
-    gate, up = torch.nn.functional.linear(x, weight).chunk(2, dim=-1)
-    return torch.nn.functional.silu(gate) * up
+    return reference.linear_silu_mul(x, weight)
 
 
 @linear_silu_mul.register_fake
@@ -155,9 +154,7 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tup
     rounds): a residual add and the next block's norm, for decode graphs
     (hatac.passes.decode_norms.FuseAddRMSNorm). Its CUDA body is one kernel launched with programmatic
     dependent launch. A runtime op, like ``hatac::linear``."""
-    s = x + residual
-    sf = s.float()
-    return s, weight * (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).to(s.dtype)
+    return reference.add_rms_norm(x, residual, weight, eps)
 
 
 @add_rms_norm.register_fake

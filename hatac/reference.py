@@ -98,6 +98,21 @@ def hash_encode_step_kv(
     cache_write(v_cache, v, write_pos)
     return hash_encode_step(q, k, w, k_codes, write_pos)
 
+
+def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``SiLU(g) * u`` for ``[g | u] = x @ weight^T`` (weight = [gate; up] rows), as a gated MLP's graph
+    computes it: the linear's output rounded, then SiLU's, then the product."""
+    gate, up = torch.nn.functional.linear(x, weight).chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, weight * RMSNorm(s))`` for ``s = x + residual``, as a Llama-style decoder computes them: float32
+    statistics over the last dim, the normalized row cast back to s's dtype, then the weight."""
+    s = x + residual
+    sf = s.float()
+    return s, weight * (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).to(s.dtype)
+
 def keep_counts(lengths: torch.Tensor, budget: float, sink: int, recent: int) -> torch.Tensor:
     """Tokens each query keeps: a fraction of its valid length (budget < 1) or a count (>= 1).
 

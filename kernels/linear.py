@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from hatac import reference
 from hatac.kernels._common import device_properties, grid_sync, hw_flag, interpreting, l2_prefetch, pdl_args
 
 CONFIG = {
@@ -131,17 +132,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _launch(x, weight, bias, l2_prefetch, gated=False)
 
 
-def silu_mul_reference(y: torch.Tensor) -> torch.Tensor:
-    """SiLU(gate) * up of ``y = [gate | up]`` (its last dim split in halves), as the unfused graph computes it."""
-    gate, up = y.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
 def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Triton body of ``hatac::linear_silu_mul``: ``SiLU(x @ Wg^T) * (x @ Wu^T)`` for ``weight = [Wg; Wu]``,
     the GEMV storing only the product (no separate SiLU-and-mul kernel, no [gate | up] round trip)."""
     if not gemv_fits(x, weight, None, gated=True):
-        return silu_mul_reference(F.linear(x, weight))
+        return reference.linear_silu_mul(x, weight)
     return _launch(x, weight, None, 0.0, gated=True)
 
 

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hatac import reference
 from hatac.kernels._common import grid_sync, hw_flag, interpreting, pdl_args
 
 MAX_N = 16384  # a row in one block; wider rows take the reference
@@ -39,13 +40,6 @@ def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, s_ptr, o_ptr, N, sx, sr, ss, so, e
     tl.store(o_ptr + row * so + c, (w * (sf * inv).to(ty).to(tl.float32)).to(ty), mask=cm)
 
 
-def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, weight * RMSNorm(s)) for s = x + residual, as a Llama-style decoder's graph computes them."""
-    s = x + residual
-    sf = s.float()
-    return s, weight * (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).to(s.dtype)
-
-
 def norm_fits(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`add_rms_norm` takes the kernel: 16-bit operands of one dtype and shape, rows of at
     most MAX_N, the weight one row; else the reference."""
@@ -59,7 +53,7 @@ def norm_fits(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton body of ``hatac::add_rms_norm``."""
     if not norm_fits(x, residual, weight):
-        return add_rms_norm_reference(x, residual, weight, eps)
+        return reference.add_rms_norm(x, residual, weight, eps)
     n = x.shape[-1]
     x2, r2 = x.reshape(-1, n), residual.reshape(-1, n)
     s = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
