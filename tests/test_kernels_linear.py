@@ -3,40 +3,19 @@ compiled on the GPU (tests marked ``gpu``), and the decode step's routing of its
 
 from __future__ import annotations
 
-import importlib
 import operator
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from _kernel_mode import CUDA, INTERPRET, interp, kernel_module  # sets the mode before any kernel module is imported
+
 triton = pytest.importorskip("triton")
 
 from hatac import reference as ref  # noqa: E402
 
-interp = pytest.mark.skipif(not INTERPRET, reason="interpreter checks run where there is no CUDA device")
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device, compiled Triton")]
-
-
-def _module():
-    import hatac.kernels  # noqa: F401
-
-    mod = sys.modules["hatac.kernels.linear"]
-    if INTERPRET:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(mod._gemv_kernel, InterpretedFunction):
-            mod = importlib.reload(mod)
-    return mod
-
-
-L = _module()
+L = kernel_module("linear", "_gemv_kernel")
 
 
 def _check(x, w, bias, tol, prefetch=0.0):

@@ -3,37 +3,16 @@ for tests marked ``gpu``) and ``FuseAddRMSNorm``, the runtime rewrite that puts 
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from _kernel_mode import CUDA, INTERPRET, interp, kernel_module  # sets the mode before any kernel module is imported
+
 triton = pytest.importorskip("triton")
 
 from hatac import reference as ref  # noqa: E402
 
-interp = pytest.mark.skipif(not INTERPRET, reason="interpreter checks run where there is no CUDA device")
-
-
-def _module():
-    import hatac.kernels  # noqa: F401
-
-    mod = sys.modules["hatac.kernels.rms_norm"]
-    if INTERPRET:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(mod._add_rms_norm_kernel, InterpretedFunction):
-            mod = importlib.reload(mod)
-    return mod
-
-
-N = _module()
+N = kernel_module("rms_norm", "_add_rms_norm_kernel")
 
 
 def _inputs(shape, dtype, device="cpu", seed=0):
