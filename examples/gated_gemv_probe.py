@@ -13,23 +13,12 @@ import argparse
 
 import torch
 import triton
-import triton.language as tl
 
 import hatac.kernels  # noqa: F401
-from hatac.bench_kernels import _graph_bench
 from hatac import reference
 from hatac.kernels.linear import _gemv_kernel, linear
-
-
-@triton.jit
-def _silu_mul(x_ptr, y_ptr, K, BLOCK: tl.constexpr):
-    """SiLU(gate) * up for one row of [gate | up] (what inductor fuses the unfused graph's tail into)."""
-    row = tl.program_id(0)
-    for k0 in range(0, K, BLOCK):
-        k = k0 + tl.arange(0, BLOCK)
-        g = tl.load(x_ptr + row * 2 * K + k, mask=k < K, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + row * 2 * K + K + k, mask=k < K, other=0.0).to(tl.float32)
-        tl.store(y_ptr + row * K + k, (g * tl.sigmoid(g) * u).to(y_ptr.dtype.element_ty), mask=k < K)
+from gemv_persistent_probe import _silu_mul  # examples/, on the path when run as a script
+from gemv_splitk_probe import evicted_timer
 
 
 def gated(x, w, y, bn, bk, stages, warps=4):
@@ -45,10 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     dt = torch.bfloat16
-    big = torch.ones(64 << 20, device="cuda", dtype=torch.float32)
-    sink = torch.empty((), device="cuda", dtype=torch.float32)
-    evict = lambda: torch.sum(big, 0, out=sink)  # noqa: E731
-    base = _graph_bench(evict)
+    timed = evicted_timer()
     n, k = 28672, 4096
     w = torch.randn(n, k, device="cuda", dtype=dt) * 0.02
     for mm in args.batches:
@@ -59,8 +45,8 @@ def main() -> None:
         def unfused():
             _silu_mul[(mm,)](linear(x, w), act, n // 2, BLOCK=2048)
 
-        t0 = (_graph_bench(lambda: (evict(), unfused())) - base) * 1e3
-        tl_only = (_graph_bench(lambda: (evict(), linear(x, w))) - base) * 1e3
+        t0 = timed(unfused)
+        tl_only = timed(lambda: linear(x, w))
         print(f"M={mm}: GEMV + SiLU-and-mul kernel {t0:.1f} us (GEMV alone {tl_only:.1f})")
         rows = []
         for bn in (16, 32):
@@ -71,7 +57,7 @@ def main() -> None:
                             act.fill_(float("nan"))
                             gated(x, w, act, bn, bk, st, warps)
                             torch.testing.assert_close(act, ref, rtol=2e-2, atol=2e-2)
-                            t = (_graph_bench(lambda: (evict(), gated(x, w, act, bn, bk, st, warps))) - base) * 1e3
+                            t = timed(lambda: gated(x, w, act, bn, bk, st, warps))
                         except Exception as e:  # out of shared memory for a tile, or wrong
                             print(f"  {bn}/{bk}/{st}/{warps}: {type(e).__name__} {str(e)[:60]}")
                             continue

@@ -25,9 +25,9 @@ import triton
 import triton.language as tl
 
 import hatac.kernels  # noqa: F401
-from hatac.bench_kernels import _graph_bench
 from hatac.kernels._common import grid_sync, l2_prefetch
 from hatac.kernels.linear import _gemv_kernel, linear
+from gemv_splitk_probe import evicted_timer  # examples/, on the path when run as a script
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate/up": (28672, 4096), "down": (4096, 14336), "lm_head": (128256, 4096)}
 
@@ -112,7 +112,8 @@ def chain(x, w, y, nxt, nbytes, bk=256, stages=5, evict_first=False, at_start=Fa
 
 @triton.jit
 def _silu_mul(x_ptr, y_ptr, K, BLOCK: tl.constexpr):
-    """SiLU(gate) * up for one row of [gate | up], as inductor's fused kernel computes it."""
+    """SiLU(gate) * up for one row of [gate | up]: the separate kernel an unfused decode step runs between
+    gate/up and down (SiLU rounded to the output dtype before the product, as eager rounds it)."""
     row = tl.program_id(0)
     for k0 in range(0, K, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
@@ -173,10 +174,7 @@ def main() -> None:
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     dt = torch.bfloat16
-    big = torch.ones(64 << 20, device="cuda", dtype=torch.float32)  # 256 MB
-    sink = torch.empty((), device="cuda", dtype=torch.float32)
-    evict = lambda: torch.sum(big, 0, out=sink)  # noqa: E731
-    base = _graph_bench(evict)
+    timed = evicted_timer()
     best: dict[tuple[str, int], str] = {}
     print(f"{'gemm':<8} {'M':>2} {'cuBLAS':>7} {'TB/s':>5}  variant                    {'us':>6} {'TB/s':>5} {'/cuBLAS':>7}")
     for name in args.only if "single" in args.sections else []:
@@ -186,7 +184,7 @@ def main() -> None:
         for mm in args.batches:
             x = torch.randn(mm, k, device="cuda", dtype=dt)
             ref = F.linear(x, w)
-            cub = (_graph_bench(lambda: (evict(), F.linear(x, w))) - base) * 1e3
+            cub = timed(lambda: F.linear(x, w))
             y = torch.empty(mm, n, device="cuda", dtype=dt)
             rows = []
             for label, fn in variants(not args.no_sweep):
@@ -194,7 +192,7 @@ def main() -> None:
                     y.fill_(float("nan"))
                     fn(x, w, y)
                     torch.testing.assert_close(y, ref, rtol=2e-2, atol=2e-2)
-                    t = (_graph_bench(lambda: (evict(), fn(x, w, y))) - base) * 1e3
+                    t = timed(lambda: fn(x, w, y))
                 except Exception as e:  # out of shared memory for a tile, or wrong
                     print(f"  {label}: {type(e).__name__} {str(e)[:80]}")
                     continue
@@ -272,10 +270,10 @@ def main() -> None:
                     for at_start in (False, True):
                         if mb == 0 and at_start:
                             continue
-                        t = (_graph_bench(lambda: (evict(), chained(mb, ef, at_start))) - base) * 1e3 / L
+                        t = timed(lambda: chained(mb, ef, at_start)) / L
                         print(f"{mm:>2} {f'chain {mb} MB, evict_first {ef}, at start {at_start}':<48} {t:>8.1f} {layer_mb / t:>5.2f}")
             for mb in (0, 8, 16):
-                t = (_graph_bench(lambda: (evict(), chained(mb, True, False, (128, 3)))) - base) * 1e3 / L
+                t = timed(lambda: chained(mb, True, False, (128, 3))) / L
                 print(f"{mm:>2} {f'chain {mb} MB, evict_first, gate/up 128/3':<48} {t:>8.1f} {layer_mb / t:>5.2f}")
         if "seq" not in args.sections:
             continue
@@ -285,7 +283,7 @@ def main() -> None:
         persist(gu, ws[0]["down"], d, *cfg("down"), gated=True)
         torch.testing.assert_close(d, ref, rtol=2e-2, atol=2e-2)
         for kind in ("cublas", "shipped", "persist", "fused"):
-            t = (_graph_bench(lambda: (evict(), seq(kind))) - base) * 1e3 / L
+            t = timed(lambda: seq(kind)) / L
             print(f"{mm:>2} {kind:<48} {t:>8.1f} {layer_mb / t:>5.2f}")
 
 
