@@ -126,7 +126,7 @@ def _silu_mul(x_ptr, y_ptr, K, BLOCK: tl.constexpr):
 def plain(x, w, y, bn, bk, stages):
     n, k = w.shape
     _gemv_kernel[(triton.cdiv(n, bn),)](x, w, w, y, x.shape[0], n, k, x.stride(0), w.stride(0), y.stride(0),
-                                        HAS_BIAS=False, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, HW_DOT=True, PF_BYTES=0,
+                                        HAS_BIAS=False, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, HW_DOT=True, PF_BYTES=0, GATED=False,
                                         PDL=True, launch_pdl=True, num_warps=4, num_stages=stages)
 
 

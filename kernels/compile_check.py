@@ -93,13 +93,11 @@ def recording(case: str, launches: list[Launch]):
     saved_run = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
-        sig = inspect.signature(self.fn).parameters
-        params = list(sig)
+        params = list(inspect.signature(self.fn).parameters)
         options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "launch_pdl", "maxnreg") if k in kwargs}
-        values = {n: p.default for n, p in sig.items() if p.default is not inspect.Parameter.empty}  # left out: defaults
-        values.update(zip(params, args))
+        values = dict(zip(params, args))
         values.update(kwargs)
-        const_names = {p.name for p in self.params if p.is_constexpr} | {n for n in params if values[n] is None}
+        const_names = {p.name for p in self.params if p.is_constexpr}
         signature = {n: ("constexpr" if n in const_names else _arg_type(values[n])) for n in params}
         constexprs = {n: values[n] for n in params if n in const_names}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(params) if n not in const_names and _divisible(values[n])}

@@ -47,7 +47,7 @@ _DTYPES = (torch.bfloat16, torch.float16)
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, sxm, swn, sym,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HW_DOT: tl.constexpr, PDL: tl.constexpr, PF_BYTES: tl.constexpr, GATED: tl.constexpr = False,
+    HW_DOT: tl.constexpr, PDL: tl.constexpr, PF_BYTES: tl.constexpr, GATED: tl.constexpr,
 ):
     """y = x @ W^T (+ b) for BLOCK_N output features a program. GATED: W is [gate; up] (2N rows) and the
     program streams both halves' rows of its features, storing SiLU(x @ Wg^T) * (x @ Wu^T) (no bias)."""
