@@ -90,9 +90,9 @@ def _gemv_kernel(
 
 def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, gated: bool = False) -> bool:
     """Whether :func:`linear` (``gated``: :func:`linear_silu_mul`) takes the Triton GEMV for these operands."""
-    if gated and (bias is not None or w.dim() != 2 or w.shape[0] % 2):
-        return False
     if not (hw_flag(x) or interpreting()) or x.dtype not in _DTYPES or w.dtype != x.dtype or w.dim() != 2:
+        return False
+    if gated and (bias is not None or w.shape[0] % 2):  # no bias; [gate; up] halves of equal rows
         return False
     if bias is not None and (bias.dtype != x.dtype or bias.dim() != 1 or bias.stride(0) != 1):
         return False
