@@ -97,8 +97,9 @@ def main() -> None:
     print(f"\n{'boundary':<56} {'count':>5} {'idle us':>8} {'overlap us':>10}")
     for (a, b), (n, idle, ov) in sorted(pairs.items(), key=lambda kv: -kv[1][1]):
         print(f"{a + ' -> ' + b:<56} {n:>5} {idle:>8.1f} {ov:>10.1f}")
-    # one hashed layer: from the q/k/v GEMM of the 16th layer to the next one
-    starts = [i for i, e in enumerate(one) if "rsqrt" in e["name"]]
+    # one hashed layer: from the 16th layer's first norm to the next layer's
+    # two RMSNorms a layer: inductor's, or hatac::add_rms_norm's kernel (FuseAddRMSNorm; the first layer's stays inductor's)
+    starts = [i for i, e in enumerate(one) if short(e["name"]) == "add_rms_norm" or short(e["name"]).startswith("inductor:rmsnorm")]
     rows = []
     if len(starts) > 20:
         lo, hi = starts[2 * 15], starts[2 * 16]
