@@ -8,7 +8,9 @@ time; plain eager launches are timed too (``*_plain_ms``), which on a slow host 
 overhead more than the GPU. It reports the speedup over dense, the memory floor of the step
 (the bytes it must read over the copy bandwidth measured in the same run) and the fraction of that floor
 reached, the time a plain gather of the selected K and V rows takes (``gather_ms``: random 256-byte rows
-do not stream at copy bandwidth), and the context where hatac starts to beat dense. The kernels are first checked against the
+do not stream at copy bandwidth), the step's reads alone (``reads_ms``: a plain stream of every key code,
+then that gather, in one graph; ``reads_speedup`` is dense over it, the most a step that reads both could
+gain), and the context where hatac starts to beat dense. The kernels are first checked against the
 references. Results go to ``out_dir`` as JSON and a PNG plot.
 """
 
@@ -144,38 +146,92 @@ def gather_kernel():
     return _gather_sum
 
 
-def time_gather(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor, row: int, d: int,
-                programs=(512, 2048), blocks=(64,)) -> float:
-    """Graph-timed ms of :func:`gather_kernel` reading the K and V rows numbered in ``rows`` ((n, k) int64,
-    -1 = none; row r at ``k_rows`` / ``v_rows`` + r * ``row`` elements), best over launch geometries: about
+def _fastest(launches) -> tuple[float, object]:
+    """(graph-timed ms, launch) of the fastest of ``launches``."""
+    return min(((_graph_bench(launch), launch) for launch in launches), key=lambda pair: pair[0])
+
+
+def gather_launches(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor, row: int, d: int,
+                    programs=(512, 2048), blocks=(64,)) -> list:
+    """Launches of :func:`gather_kernel` reading the K and V rows numbered in ``rows`` ((n, k) int64, -1 =
+    none; row r at ``k_rows`` / ``v_rows`` + r * ``row`` elements), one a launch geometry: about
     ``programs`` programs, each gathering ``blocks`` rows a step."""
     import triton
 
     gather = gather_kernel()
     n, k = rows.shape
-    best = float("inf")
+    launches = []
     for target in programs:
         for block in blocks:
             pieces = max(1, min(k // block, triton.cdiv(target, n)))
             chunk = triton.cdiv(triton.cdiv(k, pieces), block) * block
             pieces = triton.cdiv(k, chunk)
             out = torch.empty(n * pieces, device=rows.device)
-            launch = lambda: gather[(n, pieces)](k_rows, v_rows, rows, out, k, chunk, row, D=d, BLOCK_N=block, num_warps=4)  # noqa: E731
-            best = min(best, _graph_bench(launch))
-    return best
+            launches.append(functools.partial(gather[(n, pieces)], k_rows, v_rows, rows, out, k, chunk, row,
+                                              D=d, BLOCK_N=block, num_warps=4))
+    return launches
 
 
-def _gather_probe():
-    """The time a plain gather of the selected K and V rows takes, the part of the memory floor that copy
-    bandwidth overstates (random 256-byte rows are not a stream)."""
+def time_gather(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor, row: int, d: int,
+                programs=(512, 2048), blocks=(64,)) -> float:
+    """Graph-timed ms of the fastest of :func:`gather_launches`."""
+    return _fastest(gather_launches(k_rows, v_rows, rows, row, d, programs, blocks))[0]
 
-    def gather_ms(kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) -> float:
+
+@functools.cache
+def stream_kernel():
+    """A Triton kernel that only streams a tensor (sums ``ITERS`` blocks of int32 words into one int a
+    program): the key codes read once, at the speed a plain read reaches, with no scoring."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _stream_sum(x_ptr, out_ptr, N, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+        base = tl.program_id(0).to(tl.int64) * BLOCK * ITERS
+        acc = tl.zeros((BLOCK,), tl.int32)
+        for i in range(ITERS):
+            o = base + i * BLOCK + tl.arange(0, BLOCK)
+            acc += tl.load(x_ptr + o, mask=o < N, other=0)
+        tl.store(out_ptr + tl.program_id(0), tl.sum(acc))
+
+    return _stream_sum
+
+
+def stream_launches(words: torch.Tensor, blocks=(1024, 4096), iters=(1, 4, 16)) -> list:
+    """Launches of :func:`stream_kernel` over ``words`` (a contiguous int32 tensor), one a geometry."""
+    import triton
+
+    stream = stream_kernel()
+    n = words.numel()
+    launches = []
+    for block in blocks:
+        for it in iters:
+            grid = triton.cdiv(n, block * it)
+            out = torch.empty(grid, device=words.device, dtype=torch.int32)
+            launches.append(functools.partial(stream[(grid,)], words, out, n, BLOCK=block, ITERS=it, num_warps=4))
+    return launches
+
+
+def _reads_probe():
+    """What the step's reads alone take: a plain gather of the selected K and V rows (the part of the memory
+    floor that copy bandwidth overstates: random 256-byte rows are not a stream), a plain stream of every key
+    code, and the two in sequence in one graph (``reads_ms``): the least any step takes that reads every code
+    and then the rows its codes select, as an exact top-k must."""
+
+    def reads(codes: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) -> dict:
         b, hkv, t, d = kc.shape
         base = torch.arange(b * hkv, device=idx.device, dtype=torch.int64)[:, None] * t
         flat = idx.reshape(b * hkv, idx.shape[-1]).to(torch.int64)
-        return time_gather(kc, vc, torch.where(flat >= 0, flat + base, -1).contiguous(), d, d)
+        gather_ms, gather = _fastest(gather_launches(kc, vc, torch.where(flat >= 0, flat + base, -1).contiguous(), d, d))
+        stream_ms, stream = _fastest(stream_launches(codes.contiguous().view(torch.int32)))
 
-    return gather_ms
+        def both():
+            stream()
+            gather()
+
+        return {"gather_ms": gather_ms, "code_stream_ms": stream_ms, "reads_ms": _graph_bench(both)}
+
+    return reads
 
 
 def _fits(b: int, hkv: int, t: int, d: int, dt_bytes: int) -> bool:
@@ -209,7 +265,7 @@ def decode_problem(b: int, t: int, hq: int = 32, hkv: int = 8, d: int = 128, r: 
     return q, kn, kc, vc, w, enc.hash_encode(kc, w), pos
 
 
-def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, gather=None) -> tuple[list[dict], float]:
+def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, reads=None) -> tuple[list[dict], float]:
     q, kn, kc, vc, w, codes, pos = decode_problem(b, t, hq, hkv, d, r, dt, seed=t + b)
     scale = 1 / math.sqrt(d)
     dense = lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True)  # noqa: E731
@@ -264,9 +320,10 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, gat
             "dense_floor_ms": dense_bytes / bw * 1e3,
         }
         row["floor_fraction"] = row["floor_ms"] / total
-        if gather is not None:  # the selected rows read by a plain gather: what the attention stage could approach
-            row["gather_ms"] = gather(kc, vc, idx)
+        if reads is not None:  # the step's reads alone: what the attention stage, and the step, could approach
+            row.update(reads(codes, kc, vc, idx))
             row["attention_over_gather"] = stage["attention"] / row["gather_ms"]
+            row["reads_speedup"] = dense_ms / row["reads_ms"]
         if alt:
             row["select_torch_topk_ms"] = _graph_bench(lambda: _torch_topk_select(sel, qc, codes, pos, k))
         rows.append(row)
@@ -293,7 +350,7 @@ def crossover(rows: list[dict], key: str = "speedup") -> dict:
 def table(rows: list[dict]) -> str:
     head = (
         f"{'B':>2} {'ctx':>7} {'budget':>7} {'k':>5} {'dense':>8} {'encode':>7} {'select':>7} {'attn':>7} "
-        f"{'total':>7} {'no hint':>7} {'speedup':>7} {'floor':>7} {'%floor':>6} {'gather':>7} {'eager':>7}"
+        f"{'total':>7} {'no hint':>7} {'speedup':>7} {'floor':>7} {'%floor':>6} {'gather':>7} {'reads':>7} {'bound':>6} {'eager':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -302,7 +359,8 @@ def table(rows: list[dict]) -> str:
             f"{r['encode_ms'] * 1e3:>6.1f}u {r['select_ms'] * 1e3:>6.1f}u {r['attention_ms'] * 1e3:>6.1f}u "
             f"{r['total_ms'] * 1e3:>6.1f}u {r['total_no_hint_ms'] * 1e3:>6.1f}u {r['speedup']:>6.1f}x "
             f"{r['floor_ms'] * 1e3:>6.1f}u {r['floor_fraction'] * 100:>5.0f}% "
-            f"{r.get('gather_ms', float('nan')) * 1e3:>6.1f}u {r['total_plain_ms'] * 1e3:>6.1f}u"
+            f"{r.get('gather_ms', float('nan')) * 1e3:>6.1f}u {r.get('reads_ms', float('nan')) * 1e3:>6.1f}u "
+            f"{r.get('reads_speedup', float('nan')):>5.1f}x {r['total_plain_ms'] * 1e3:>6.1f}u"
         )
     return "\n".join(lines)
 
@@ -365,14 +423,14 @@ def run(
         raise RuntimeError(f"kernels disagree with the references: {checked}")
     bw = copy_bandwidth()
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
-    gather = _gather_probe()
+    reads = _reads_probe()
     rows, skipped = [], []
     for b in batches:
         for t in contexts:
             if not _fits(b, hkv, t, head_dim, torch.finfo(dtype).bits // 8):
                 skipped.append({"batch": b, "context": t})
                 continue
-            new, _ = _one(b, t, budgets, hq, hkv, head_dim, rbits, dtype, bw, enc, sel, att, None, torch_topk, gather)
+            new, _ = _one(b, t, budgets, hq, hkv, head_dim, rbits, dtype, bw, enc, sel, att, None, torch_topk, reads)
             rows += new
             for r in new:
                 log(
