@@ -79,11 +79,6 @@ CONFIG = {
     # 32K + 24 slots (hatac bench generate's) otherwise compiles them one element at a time (docs/PERFORMANCE.md:
     # 3.7 us a layer at B8/32K, 26 us at B8/128K).
     "key_row_align": 64,
-    # L2 eviction priorities ("" or "evict_first" / "evict_last"): the scoring pass's code loads (read once) and
-    # key stores (read again by the fine and write passes), and the write pass's key loads (their last use).
-    "code_eviction": "", "key_store_eviction": "", "key_load_eviction": "",
-    # The write pass asks the L2 for its split's keys (one bulk prefetch) right after it waits (Hopper).
-    "write_key_l2_prefetch": False,
     # register caps (ptxas maxrregcount) for launches 1 and 2-3; None: the compiler's choice
     "score_maxnreg": None, "select_maxnreg": None,
     "split_round": "up",  # split lengths rounded up ("up") or down ("down") to whole blocks; see _splits
@@ -138,7 +133,6 @@ def _score_kernel(
     G: tl.constexpr, NW: tl.constexpr, NWP: tl.constexpr, L: tl.constexpr, J0: tl.constexpr,
     SHIFT: tl.constexpr, NCB: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, PREFETCH: tl.constexpr,
     HINT: tl.constexpr, NFB: tl.constexpr, L2PF: tl.constexpr, L2_AHEAD: tl.constexpr, PDL: tl.constexpr,
-    CODE_EVICT: tl.constexpr = "", KEY_EVICT: tl.constexpr = "",
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -164,8 +158,7 @@ def _score_kernel(
     wm = w < NW
     wmask = wm[None, :]
     t = c0 + first * BLOCK_T + tl.arange(0, BLOCK_T)
-    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0,
-                      eviction_policy=CODE_EVICT)
+    kw_next = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
 
     # Bit planes, per code word, of c (how many of the G query heads set each bit) and of G - c.
     q_base = qc_ptr + b.to(tl.int64) * sqb + (kv * G) * sqh + s * sqs
@@ -185,11 +178,9 @@ def _score_kernel(
         if PREFETCH:
             kw = kw_next
             tn = t + BLOCK_T
-            kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + w[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0,
-                              eviction_policy=CODE_EVICT)
+            kw_next = tl.load(k_base + tn[:, None].to(tl.int64) * NW + w[None, :], mask=((tn >= start) & (tn < end))[:, None] & wmask, other=0)
         else:
-            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0,
-                      eviction_policy=CODE_EVICT)
+            kw = tl.load(k_base + t[:, None].to(tl.int64) * NW + w[None, :], mask=((t >= start) & (t < end))[:, None] & wmask, other=0)
         if L2_AHEAD > 0:  # keep the L2 that many blocks ahead of the loads
             ta = c0 + (i + L2_AHEAD) * BLOCK_T
             if ta < end:
@@ -202,7 +193,7 @@ def _score_kernel(
         rel = t - lo
         forced = (rel < sink) | (rel >= length - recent)
         key = tl.where(forced, 0, score + 1)
-        tl.store(key_base + t, key, mask=t < KS, eviction_policy=KEY_EVICT)  # whole block, row padding included: vector stores
+        tl.store(key_base + t, key, mask=t < KS)  # whole block, row padding included: vector stores
         hist += tl.histogram(key >> SHIFT, NCB, mask=inr)
         if HINT:
             fine += tl.histogram(key & (NFB - 1), NFB, mask=inr & ((key >> SHIFT) == cb_hint))
@@ -274,7 +265,7 @@ def _write_kernel(
     spb, sps, skb, skh, skt, svb, svh, svt,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, KV_PF: tl.constexpr,
-    KEY_PREFETCH: tl.constexpr, PDL: tl.constexpr, KEY_EVICT: tl.constexpr = "", KEY_L2PF: tl.constexpr = False,
+    KEY_PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -290,12 +281,9 @@ def _write_kernel(
     last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
     j = tl.arange(0, 32)
     wi = tl.arange(0, BLOCK_T // 32)
-    if KEY_L2PF and first < last:  # the split's keys toward the L2 while the threshold is worked out
-        l2_prefetch(key_base + c0 + first * BLOCK_T, (tl.minimum(c0 + last * BLOCK_T, KS) - c0 - first * BLOCK_T) * 2)
     if KEY_PREFETCH:  # the first block's keys in flight while the threshold is worked out
         tk = c0 + first * BLOCK_T + wi[:, None] * 32 + j[None, :]
-        key_first = tl.load(key_base + tk, mask=tk < tl.where(first < last, KS, 0), other=0,
-                            eviction_policy=KEY_EVICT).to(tl.int32)
+        key_first = tl.load(key_base + tk, mask=tk < tl.where(first < last, KS, 0), other=0).to(tl.int32)
     sp = tl.arange(0, NSP)
     fb = tl.arange(0, NFB)
     spm = sp < n_splits
@@ -329,7 +317,7 @@ def _write_kernel(
         if KEY_PREFETCH and i == first:
             key = key_first
         else:
-            key = tl.load(key_base + t, mask=t < KS, other=0, eviction_policy=KEY_EVICT).to(tl.int32)  # vector loads
+            key = tl.load(key_base + t, mask=t < KS, other=0).to(tl.int32)  # vector loads; inr masks slots past T
         lt_w = tl.sum(tl.where(inr & (key < theta), bit[None, :], 0), axis=1)
         eq_w = tl.sum(tl.where(inr & (key == theta), bit[None, :], 0), axis=1)
         # One scan over words gives both exclusive prefixes: below-theta counts low, equal counts high.
@@ -452,7 +440,6 @@ def score_keys(
         G=g, NW=nw, NWP=next_pow2(nw), L=p["L"], J0=p["J0"],
         SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
         HINT=hint is not None, NFB=p["NFB"], L2PF=pf_slots > 0, L2_AHEAD=CONFIG["score_l2_ahead"] if pf_slots else 0,
-        CODE_EVICT=CONFIG["code_eviction"], KEY_EVICT=CONFIG["key_store_eviction"],
         num_warps=CONFIG["score_warps"],
         **pdl_args(q_codes),
         **reg_cap(CONFIG["score_maxnreg"]),
@@ -588,7 +575,6 @@ def hamming_topk(
         *(kc.stride()[:3] + vc.stride()[:3] if kv_pf else (0,) * 6),
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
         HINT=hint is not None, KV_PF=kv_pf, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= CONFIG["write_prefetch_blocks"],
-        KEY_EVICT=CONFIG["key_load_eviction"], KEY_L2PF=CONFIG["write_key_l2_prefetch"] and hw_flag(q_codes) and pdl_args(q_codes)["PDL"],
         num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
     return out
