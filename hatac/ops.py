@@ -119,6 +119,24 @@ def _(q, k, v, w, k_cache, v_cache, k_codes, write_pos):
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], w.shape[2] // 32), dtype=torch.int32)
 
 
+@torch.library.custom_op("hatac::rope_hash_encode_step_kv", mutates_args=("k_cache", "v_cache", "k_codes"))
+def rope_hash_encode_step_kv(
+    q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, w: Tensor, k_cache: Tensor, v_cache: Tensor,
+    k_codes: Tensor, write_pos: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``hash_encode_step_kv`` of the query and key after their rotary embedding (rotate-half form; cos, sin:
+    (B, S, D)): returns ``(q_codes, rotated q)``. For decode graphs (hatac.passes.decode_rope.FuseRoPEEncode):
+    its CUDA body rotates, hashes and writes the caches in one launch. A runtime op, like ``hatac::linear``."""
+    return reference.rope_hash_encode_step_kv(q, k, v, cos, sin, w, k_cache, v_cache, k_codes, write_pos)
+
+
+@rope_hash_encode_step_kv.register_fake
+def _(q, k, v, cos, sin, w, k_cache, v_cache, k_codes, write_pos):
+    torch._check(w.shape[2] % 32 == 0, lambda: "hash bits must be a multiple of 32")
+    torch._check(q.shape[3] % 2 == 0, lambda: "rotary embedding needs an even head dim")
+    return q.new_empty((q.shape[0], q.shape[1], q.shape[2], w.shape[2] // 32), dtype=torch.int32), q.new_empty(q.shape)
+
+
 @torch.library.custom_op("hatac::linear", mutates_args=())
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, l2_prefetch: float = 0.0) -> Tensor:
     """``F.linear``, for decode graphs: its CUDA body streams the weight with a Triton GEMV when ``x`` has a

@@ -99,6 +99,26 @@ def hash_encode_step_kv(
     return hash_encode_step(q, k, w, k_codes, write_pos)
 
 
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding in the rotate-half form (Llama, Qwen, Mistral, Gemma):
+    ``x * cos + cat(-x2, x1) * sin`` for x = [x1 | x2] halves of the last dim. x: (B, H, S, D); cos, sin:
+    (B, S, D), shared by the heads. Float32 arithmetic and one rounding to x's dtype, as a compiled graph
+    computes it; the result is contiguous."""
+    c, s = cos.float().unsqueeze(1), sin.float().unsqueeze(1)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return (x.float() * c + torch.cat((-x2, x1), dim=-1) * s).to(x.dtype).contiguous()
+
+
+def rope_hash_encode_step_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, w: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k_codes: torch.Tensor, write_pos: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`hash_encode_step_kv` of the rotated query and key: ``(q_codes, rope(q))``, with ``rope(k)`` and
+    ``v`` written into the caches and ``rope(k)``'s codes into ``k_codes``."""
+    q_rot = rope(q, cos, sin)
+    return hash_encode_step_kv(q_rot, rope(k, cos, sin), v, w, k_cache, v_cache, k_codes, write_pos), q_rot
+
+
 def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``SiLU(g) * u`` for ``[g | u] = x @ weight^T`` (weight = [gate; up] rows), as a gated MLP's graph
     computes it: the linear's output rounded, then SiLU's, then the product."""

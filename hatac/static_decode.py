@@ -25,12 +25,17 @@ DECODE_LINEAR = {
     "gated": os.environ.get("HATAC_DECODE_GATED", "1") != "0",
     # "norm": a residual add and the RMSNorm after it as one hatac::add_rms_norm; HATAC_DECODE_NORM=0: off.
     "norm": os.environ.get("HATAC_DECODE_NORM", "1") != "0",
+    # "rope": a hashed layer's rotary embedding in its encode launch (hatac::rope_hash_encode_step_kv);
+    # HATAC_DECODE_ROPE=0: off.
+    "rope": os.environ.get("HATAC_DECODE_ROPE", "1") != "0",
 }
 
 
 def runtime_decode_graph(model) -> fx.GraphModule:
-    """The graph a static decode step runs: the model's decode graph, with each residual add and the RMSNorm
-    after it as one ``hatac::add_rms_norm`` (:class:`hatac.passes.decode_norms.FuseAddRMSNorm`), a gated MLP's
+    """The graph a static decode step runs: the model's decode graph, with each hashed layer's rotary embedding
+    in its encode launch (``hatac::rope_hash_encode_step_kv``, :class:`hatac.passes.decode_rope.FuseRoPEEncode`),
+    each residual add and the RMSNorm after it as one ``hatac::add_rms_norm``
+    (:class:`hatac.passes.decode_norms.FuseAddRMSNorm`), a gated MLP's
     stacked gate/up projection and its SiLU-and-mul as one ``hatac::linear_silu_mul``
     (:class:`hatac.passes.decode_linears.FuseGatedLinear`) and the other linears routed through
     ``hatac::linear`` (:class:`hatac.passes.decode_linears.RouteDecodeLinears`), on a copy of the graph that
@@ -44,6 +49,10 @@ def runtime_decode_graph(model) -> fx.GraphModule:
             from hatac.passes.decode_norms import FuseAddRMSNorm
 
             gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # a copy of the nodes; the same tensors
+            if DECODE_LINEAR["rope"]:
+                from hatac.passes.decode_rope import FuseRoPEEncode
+
+                gm = FuseRoPEEncode().call(gm).graph_module
             if DECODE_LINEAR["norm"]:
                 gm = FuseAddRMSNorm().call(gm).graph_module
             if DECODE_LINEAR["gated"]:

@@ -23,7 +23,7 @@ if AVAILABLE:
     from hatac.kernels.cache_attention import cache_attention
     from hatac.kernels.cache_write import cache_write
     from hatac.kernels.hamming_topk import hamming_topk
-    from hatac.kernels.hash_encode import hash_encode, hash_encode_step, hash_encode_step_kv
+    from hatac.kernels.hash_encode import hash_encode, hash_encode_step, hash_encode_step_kv, rope_hash_encode_step_kv
     from hatac.kernels.linear import linear, linear_silu_mul
     from hatac.kernels.rms_norm import add_rms_norm
     from hatac.kernels.sparse_attention import sparse_attention
@@ -32,6 +32,7 @@ if AVAILABLE:
         "hash_encode": hash_encode,
         "hash_encode_step": hash_encode_step,
         "hash_encode_step_kv": hash_encode_step_kv,
+        "rope_hash_encode_step_kv": rope_hash_encode_step_kv,
         "hamming_topk": hamming_topk,
         "sparse_attention": sparse_attention,
         "cache_attention": cache_attention,

@@ -174,6 +174,8 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
         k["cache_write"].cache_write(torch.zeros(b, hkv, 8, d, dtype=dtype), kn, torch.zeros(b, 1, dtype=torch.int64))
         qc = k["hash_encode"].hash_encode_step(q, kn, w, codes, pos)
         k["hash_encode"].hash_encode_step(q, kn, w, codes, pos, v=kn, k_cache=cache, v_cache=cache)  # the _kv form
+        cs = torch.zeros(b, 1, d, dtype=dtype)
+        k["hash_encode"].rope_hash_encode_step_kv(q, kn, kn, cs, cs, w, cache, cache, codes, pos)  # rotary folded in
         idx = k["hamming_topk"].hamming_topk(qc if qc is not None else torch.zeros(b, hq, 1, r // 32, dtype=torch.int32), codes, pos, width, 1 / 32,
                                              k_cache=cache, v_cache=cache)
         k["sparse_attention"].sparse_attention(q, cache, cache, idx, 0.1)

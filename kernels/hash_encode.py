@@ -94,7 +94,7 @@ def _encode_kernel(
 
 @triton.jit
 def _encode_step_kernel(
-    q_ptr, k_ptr, w_ptr, qc_ptr, kc_ptr, wp_ptr, v_ptr, kcache_ptr, vcache_ptr,
+    q_ptr, k_ptr, w_ptr, qc_ptr, kc_ptr, wp_ptr, v_ptr, kcache_ptr, vcache_ptr, cos_ptr, sin_ptr, qr_ptr,
     S, Hkv, G, D, T, DV,
     sqb, sqh, sqs, sqd,
     skb, skh, sks, skd,
@@ -105,8 +105,11 @@ def _encode_step_kernel(
     svb, svh, svs, svd,
     sKb, sKh, sKt, sKd,
     sVb, sVh, sVt, sVd,
+    scosb, scoss, scosd,
+    ssinb, ssins, ssind,
+    sqrb, sqrh, sqrs, sqrd,
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_KV: tl.constexpr,
-    MODE: tl.constexpr, PDL: tl.constexpr,
+    ROPE: tl.constexpr, MODE: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
     pid = tl.program_id(0)
@@ -125,12 +128,33 @@ def _encode_step_kernel(
         mask=(r[:, None] == G) & dm, other=0.0,
     )
     x = xq.to(tl.float32) + xk.to(tl.float32)  # the masks are disjoint; exact for 16-bit inputs
+    c = tl.program_id(1)  # one 32-bit word per program: short dependency chains, NW times the programs
+    if ROPE:  # rotate-half rotary embedding, float32, rounded to the input dtype as the unfused graph rounds it
+        half = D // 2
+        dp = tl.where(d < half, d + half, d - half)  # each element's partner in the other half
+        xq_p = tl.load(
+            q_ptr + b.to(tl.int64) * sqb + (kv * G + r)[:, None] * sqh + s * sqs + dp[None, :] * sqd,
+            mask=(r[:, None] < G) & dm, other=0.0,
+        )
+        xk_p = tl.load(
+            k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + dp[None, :] * skd + r[:, None] * 0,
+            mask=(r[:, None] == G) & dm, other=0.0,
+        )
+        cs = tl.load(cos_ptr + b.to(tl.int64) * scosb + s * scoss + d * scosd, mask=d < D, other=0.0).to(tl.float32)
+        sn = tl.load(sin_ptr + b.to(tl.int64) * ssinb + s * ssins + d * ssind, mask=d < D, other=0.0).to(tl.float32)
+        xp = xq_p.to(tl.float32) + xk_p.to(tl.float32)
+        xp = tl.where(d[None, :] < half, -xp, xp)
+        x = (x * cs[None, :] + xp * sn[None, :]).to(q_ptr.dtype.element_ty).to(tl.float32)
+        q_end = tl.where(c == 0, G, 0)  # the first word's program stores the rotated query heads
+        tl.store(
+            qr_ptr + b.to(tl.int64) * sqrb + (kv * G + r)[:, None] * sqrh + s * sqrs + d[None, :] * sqrd,
+            x.to(qr_ptr.dtype.element_ty), mask=(r[:, None] < q_end) & dm,
+        )
     wpos = tl.load(wp_ptr + b * swpb + s * swps).to(tl.int64)
     q_out = qc_ptr + b.to(tl.int64) * scb + (kv * G + r) * sch + s * scs
     k_out = kc_ptr + b.to(tl.int64) * skcb + kv * skch + wpos * skct + r * 0
     wv = wpos + r * 0  # a tensor, not a scalar: the interpreter mistypes bool-tensor & bool-scalar
     k_mask = (r == G) & (wv >= 0) & (wv < T)
-    c = tl.program_id(1)  # one 32-bit word per program: short dependency chains, NW times the programs
     col = tl.arange(0, 32)
     wt = tl.load(w_ptr + kv * swh + d[:, None] * swd + (c * 32 + col)[None, :] * swr, mask=d[:, None] < D, other=0.0)
     code = _pack_word(_project(x, wt, MODE))
@@ -140,8 +164,12 @@ def _encode_step_kernel(
         in_cache = (c == 0) & (wpos >= 0) & (wpos < T)
         d_end = tl.where(in_cache, D, 0)  # the masks as compares: the interpreter mistypes bool-tensor & bool
         dv_end = tl.where(in_cache, DV, 0)
-        k_row = tl.load(k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + d * skd, mask=d < d_end)
-        tl.store(kcache_ptr + b.to(tl.int64) * sKb + kv * sKh + wpos * sKt + d * sKd, k_row, mask=d < d_end)
+        if ROPE:  # the rotated key: row G of x
+            tl.store(kcache_ptr + b.to(tl.int64) * sKb + kv * sKh + wpos * sKt + d[None, :] * sKd + r[:, None] * 0,
+                     x.to(kcache_ptr.dtype.element_ty), mask=(r[:, None] == G) & (d[None, :] < d_end))
+        else:
+            k_row = tl.load(k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + d * skd, mask=d < d_end)
+            tl.store(kcache_ptr + b.to(tl.int64) * sKb + kv * sKh + wpos * sKt + d * sKd, k_row, mask=d < d_end)
         dv = tl.arange(0, BLOCK_DV)
         v_row = tl.load(v_ptr + b.to(tl.int64) * svb + kv * svh + s * svs + dv * svd, mask=dv < dv_end)
         tl.store(vcache_ptr + b.to(tl.int64) * sVb + kv * sVh + wpos * sVt + dv * sVd, v_row, mask=dv < dv_end)
@@ -190,12 +218,15 @@ def hash_encode(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = Non
 def hash_encode_step(
     q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, k_codes: torch.Tensor, write_pos: torch.Tensor,
     out: torch.Tensor | None = None, v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
-    v_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
+    q_rot: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton body of ``hatac::hash_encode_step``: one launch encodes the query heads and the new keys,
     writing the keys' codes into ``k_codes`` at ``write_pos``; returns the query codes. With ``v``,
     ``k_cache`` and ``v_cache`` it also writes the new key and value rows into those caches (the body of
-    ``hatac::hash_encode_step_kv``)."""
+    ``hatac::hash_encode_step_kv``); with ``cos``, ``sin`` ((B, S, D)) and ``q_rot`` too, it first rotates
+    q and k (rotary embedding), stores the rotated q in ``q_rot`` and writes the rotated key (the body of
+    ``hatac::rope_hash_encode_step_kv``)."""
     b, hq, s, d = q.shape
     hkv, nw = _check(q, w)
     if k.shape != (b, hkv, s, d) or k_codes.shape[3] != nw or write_pos.shape != (b, s):
@@ -209,16 +240,23 @@ def hash_encode_step(
         out = torch.empty((b, hq, s, nw), dtype=torch.int32, device=q.device)
     if out.numel() == 0:
         return out
+    rope = cos is not None
+    if rope and (not write_kv or d % 2 or cos.shape != (b, s, d) or sin.shape != (b, s, d) or q_rot is None
+                 or q_rot.shape != q.shape or q_rot.dtype != q.dtype or k.dtype != q.dtype or k_cache.dtype != q.dtype):
+        raise ValueError("hash_encode_step: rotary embedding needs the K/V writes, an even head dim, cos and sin "
+                         "of (B, S, D), and q, k, q_rot and k_cache of one dtype")
     if not write_kv:  # unused pointer arguments: the kernel reads none of them
         v, k_cache, v_cache = k, k, k
+    if not rope:
+        cos, sin, q_rot = k[:, 0], k[:, 0], k
     dv = v.shape[3]
     _encode_step_kernel[(b * hkv * s, nw)](
-        q, k, w, out, k_codes, write_pos, v, k_cache, v_cache,
+        q, k, w, out, k_codes, write_pos, v, k_cache, v_cache, cos, sin, q_rot,
         s, hkv, g, d, k_codes.shape[2], dv,
         *q.stride(), *k.stride(), *w.stride(), *out.stride(), *k_codes.stride(), *write_pos.stride(),
-        *v.stride(), *k_cache.stride(), *v_cache.stride(),
+        *v.stride(), *k_cache.stride(), *v_cache.stride(), *cos.stride(), *sin.stride(), *q_rot.stride(),
         ROWS=max(16, next_pow2(g + 1)), BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)),
-        WRITE_KV=write_kv,
+        WRITE_KV=write_kv, ROPE=rope,
         MODE=_mode(hw_flag(q), [q.dtype, k.dtype], w.dtype, native_ok=False), num_warps=4 if d <= 128 else 8,
         **pdl_args(q),
     )
@@ -232,3 +270,16 @@ def hash_encode_step_kv(
     """Triton body of ``hatac::hash_encode_step_kv``: :func:`hash_encode_step` that also writes the new key
     and value rows into ``k_cache`` and ``v_cache`` at ``write_pos``, in the same launch."""
     return hash_encode_step(q, k, w, k_codes, write_pos, v=v, k_cache=k_cache, v_cache=v_cache)
+
+
+def rope_hash_encode_step_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, w: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k_codes: torch.Tensor, write_pos: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton body of ``hatac::rope_hash_encode_step_kv``: the rotary embedding of q and k, the hashing and
+    the three cache writes in one launch; returns (query codes, rotated q)."""
+    q_rot = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    b, _, s, d = q.shape
+    codes = hash_encode_step(q, k, w, k_codes, write_pos, v=v, k_cache=k_cache, v_cache=v_cache,
+                             cos=cos.expand(b, s, d), sin=sin.expand(b, s, d), q_rot=q_rot)
+    return codes, q_rot

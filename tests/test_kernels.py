@@ -165,6 +165,57 @@ def test_hash_encode_step_gpu(case):
     _check_encode_step("cuda", *case, seed=4, dv=case[4])
 
 
+def _check_rope_encode_step(device, b, hkv, g, s, d, r, t, dtype, seed):
+    """``rope_hash_encode_step_kv``: the rotated q it returns and the rotated key it writes are the reference's
+    rotary embedding (to a unit in the last place: the interpreter rounds toward zero, and contraction into
+    fused multiply-adds may differ), and the codes are exactly those of what it rotated."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, s, hkv * g, d, generator=gen).to(device, dtype).transpose(1, 2)  # strided, as in graphs
+    k = torch.randn(b, s, hkv, d, generator=gen).to(device, dtype).transpose(1, 2)
+    v = torch.randn(b, hkv, s, d, generator=gen).to(device, dtype)
+    angle = torch.rand(b, s, d // 2, generator=gen) * 100
+    cos = torch.cat([angle.cos()] * 2, -1).to(device, dtype)
+    sin = torch.cat([angle.sin()] * 2, -1).to(device, dtype)
+    w = torch.randn(hkv, d, r, generator=gen).to(device)
+    codes = torch.full((b, hkv, t, r // 32), POISON, dtype=torch.int32, device=device)
+    kc = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
+    vc = torch.randn(b, hkv, t, d, generator=gen).to(device, dtype)
+    write_pos = torch.stack([torch.randperm(t, generator=gen)[:s] for _ in range(b)]).to(device)
+    want_codes, want_kc, want_vc = codes.clone(), kc.clone(), vc.clone()
+    got, q_rot = K["hash_encode"].rope_hash_encode_step_kv(q, k, v, cos, sin, w, kc, vc, codes, write_pos)
+    _, want_q = ref.rope_hash_encode_step_kv(q, k, v, cos, sin, w, want_kc, want_vc, want_codes, write_pos)
+    ulp = {torch.float32: 1e-6, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    assert q_rot.shape == q.shape and q_rot.dtype == dtype and q_rot.is_contiguous()
+    torch.testing.assert_close(q_rot.cpu().float(), want_q.cpu().float(), rtol=ulp, atol=ulp)
+    torch.testing.assert_close(kc.cpu().float(), want_kc.cpu().float(), rtol=ulp, atol=ulp)
+    assert torch.equal(vc.cpu(), want_vc.cpu())
+    _assert_codes(got, q_rot, w)
+    rows = torch.arange(b)[:, None]
+    k_rot = kc.cpu()[rows, :, write_pos.cpu()].permute(0, 2, 1, 3).contiguous()  # what it wrote: (B, Hkv, S, D)
+    _assert_codes(codes.cpu()[rows, :, write_pos.cpu()].permute(0, 2, 1, 3).contiguous(), k_rot, w)
+    written = torch.zeros(b, t, dtype=torch.bool)
+    written.scatter_(1, write_pos.cpu(), True)
+    keep = ~written.unsqueeze(1).expand(b, hkv, t)
+    assert torch.equal(codes.cpu()[keep], want_codes.cpu()[keep]) and torch.equal(kc.cpu()[keep], want_kc.cpu()[keep])
+
+
+@interp
+@pytest.mark.parametrize("case", [(2, 2, 2, 1, 64, 64, 9, torch.bfloat16), (1, 1, 3, 2, 32, 96, 5, torch.float32)])
+def test_rope_hash_encode_step_kv_interp(case):
+    _check_rope_encode_step("cpu", *case, seed=5)
+
+
+@pytest.mark.parametrize(
+    "case", [(8, 8, 4, 1, 128, 128, 4096, torch.bfloat16), (2, 2, 16, 3, 64, 256, 100, torch.float16),
+             (1, 4, 1, 1, 256, 32, 10, torch.float32), (3, 2, 7, 1, 96, 64, 50, torch.bfloat16)]
+)
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_rope_hash_encode_step_kv_gpu(case):
+    for seed in range(2):
+        _check_rope_encode_step("cuda", *case, seed=seed)
+
+
 # ---------------------------------------------------------------------------------------------- select
 
 
