@@ -8,7 +8,10 @@ Two forms:
   head (they share W) and writes the key's code straight into the code cache at ``write_pos``, so a
   decode step hashes with one launch and no separate cache write; given the K and V caches too
   (``hatac::hash_encode_step_kv``), the same launch also writes the new key and value rows there, which
-  saves a hashed layer's two ``cache_write`` launches.
+  saves a hashed layer's two ``cache_write`` launches; given cos and sin too
+  (``hatac::rope_hash_encode_step_kv``), it first applies the rotary embedding to q and k as it loads them,
+  stores the rotated q for the attention and writes the rotated key, which saves the launches that rotate
+  them.
 
 Semantics are those of ``reference.hash_encode`` (bit j of word c is ``x @ W[:, 32c + j] > 0``). The
 projection keeps float32 accuracy on the tensor cores (16-bit operands multiply exactly; float32 W is
