@@ -124,8 +124,8 @@ def rope_hash_encode_step_kv(
     q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, w: Tensor, k_cache: Tensor, v_cache: Tensor,
     k_codes: Tensor, write_pos: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """``hash_encode_step_kv`` of the query and key after their rotary embedding (rotate-half form; cos, sin:
-    (B, S, D)): returns ``(q_codes, rotated q)``. For decode graphs (hatac.passes.decode_rope.FuseRoPEEncode):
+    """``hash_encode_step_kv`` of the query and key after their rotary embedding (rotate-half form, on the
+    first R dims of the head; cos, sin: (B, S, R)): returns ``(q_codes, rotated q)``. For decode graphs (hatac.passes.decode_rope.FuseRoPEEncode):
     its CUDA body rotates, hashes and writes the caches in one launch. A runtime op, like ``hatac::linear``."""
     return reference.rope_hash_encode_step_kv(q, k, v, cos, sin, w, k_cache, v_cache, k_codes, write_pos)
 
@@ -133,7 +133,7 @@ def rope_hash_encode_step_kv(
 @rope_hash_encode_step_kv.register_fake
 def _(q, k, v, cos, sin, w, k_cache, v_cache, k_codes, write_pos):
     torch._check(w.shape[2] % 32 == 0, lambda: "hash bits must be a multiple of 32")
-    torch._check(q.shape[3] % 2 == 0, lambda: "rotary embedding needs an even head dim")
+    torch._check(cos.shape[-1] % 2 == 0 and cos.shape[-1] <= q.shape[3], lambda: "rotary embedding: an even width up to the head dim")
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], w.shape[2] // 32), dtype=torch.int32), q.new_empty(q.shape)
 
 

@@ -100,13 +100,17 @@ def hash_encode_step_kv(
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding in the rotate-half form (Llama, Qwen, Mistral, Gemma):
-    ``x * cos + cat(-x2, x1) * sin`` for x = [x1 | x2] halves of the last dim. x: (B, H, S, D); cos, sin:
-    (B, S, D), shared by the heads. Float32 arithmetic and one rounding to x's dtype, as a compiled graph
-    computes it; the result is contiguous."""
+    """Rotary position embedding in the rotate-half form (Llama, Qwen, Mistral, Gemma, Phi-3):
+    ``r * cos + cat(-r2, r1) * sin`` for the first R dims r = [r1 | r2] of x's last dim, the rest of x passed
+    through (R = D but for partial rotary embeddings). x: (B, H, S, D); cos, sin: (B, S, R), shared by the
+    heads. Float32 arithmetic and one rounding to x's dtype, as a compiled graph computes it; the result is
+    contiguous."""
+    rot = cos.shape[-1]
     c, s = cos.float().unsqueeze(1), sin.float().unsqueeze(1)
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return (x.float() * c + torch.cat((-x2, x1), dim=-1) * s).to(x.dtype).contiguous()
+    r = x[..., :rot].float()
+    r1, r2 = r.chunk(2, dim=-1)
+    out = (r * c + torch.cat((-r2, r1), dim=-1) * s).to(x.dtype)
+    return torch.cat((out, x[..., rot:]), dim=-1).contiguous()
 
 
 def rope_hash_encode_step_kv(

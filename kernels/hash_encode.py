@@ -98,7 +98,7 @@ def _encode_kernel(
 @triton.jit
 def _encode_step_kernel(
     q_ptr, k_ptr, w_ptr, qc_ptr, kc_ptr, wp_ptr, v_ptr, kcache_ptr, vcache_ptr, cos_ptr, sin_ptr, qr_ptr,
-    S, Hkv, G, D, T, DV,
+    S, Hkv, G, D, T, DV, ROT,
     sqb, sqh, sqs, sqd,
     skb, skh, sks, skd,
     swh, swd, swr,
@@ -132,9 +132,9 @@ def _encode_step_kernel(
     )
     x = xq.to(tl.float32) + xk.to(tl.float32)  # the masks are disjoint; exact for 16-bit inputs
     c = tl.program_id(1)  # one 32-bit word per program: short dependency chains, NW times the programs
-    if ROPE:  # rotate-half rotary embedding, float32, rounded to the input dtype as the unfused graph rounds it
-        half = D // 2
-        dp = tl.where(d < half, d + half, d - half)  # each element's partner in the other half
+    if ROPE:  # rotate-half rotary embedding of the first ROT dims, float32, rounded as the unfused graph rounds it
+        half = ROT // 2
+        dp = tl.where(d < half, d + half, tl.where(d < ROT, d - half, d))  # partner in the other half; past ROT: itself
         xq_p = tl.load(
             q_ptr + b.to(tl.int64) * sqb + (kv * G + r)[:, None] * sqh + s * sqs + dp[None, :] * sqd,
             mask=(r[:, None] < G) & dm, other=0.0,
@@ -143,11 +143,12 @@ def _encode_step_kernel(
             k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + dp[None, :] * skd + r[:, None] * 0,
             mask=(r[:, None] == G) & dm, other=0.0,
         )
-        cs = tl.load(cos_ptr + b.to(tl.int64) * scosb + s * scoss + d * scosd, mask=d < D, other=0.0).to(tl.float32)
-        sn = tl.load(sin_ptr + b.to(tl.int64) * ssinb + s * ssins + d * ssind, mask=d < D, other=0.0).to(tl.float32)
+        cs = tl.load(cos_ptr + b.to(tl.int64) * scosb + s * scoss + d * scosd, mask=d < ROT, other=0.0).to(tl.float32)
+        sn = tl.load(sin_ptr + b.to(tl.int64) * ssinb + s * ssins + d * ssind, mask=d < ROT, other=0.0).to(tl.float32)
         xp = xq_p.to(tl.float32) + xk_p.to(tl.float32)
         xp = tl.where(d[None, :] < half, -xp, xp)
-        x = (x * cs[None, :] + xp * sn[None, :]).to(q_ptr.dtype.element_ty).to(tl.float32)
+        xr = (x * cs[None, :] + xp * sn[None, :]).to(q_ptr.dtype.element_ty).to(tl.float32)
+        x = tl.where(d[None, :] < ROT, xr, x)  # dims past ROT pass through
         q_end = tl.where(c == 0, G, 0)  # the first word's program stores the rotated query heads
         tl.store(
             qr_ptr + b.to(tl.int64) * sqrb + (kv * G + r)[:, None] * sqrh + s * sqrs + d[None, :] * sqrd,
@@ -244,10 +245,12 @@ def hash_encode_step(
     if out.numel() == 0:
         return out
     rope = cos is not None
-    if rope and (not write_kv or d % 2 or cos.shape != (b, s, d) or sin.shape != (b, s, d) or q_rot is None
-                 or q_rot.shape != q.shape or q_rot.dtype != q.dtype or k.dtype != q.dtype or k_cache.dtype != q.dtype):
-        raise ValueError("hash_encode_step: rotary embedding needs the K/V writes, an even head dim, cos and sin "
-                         "of (B, S, D), and q, k, q_rot and k_cache of one dtype")
+    rot = cos.shape[-1] if rope else 0
+    if rope and (not write_kv or rot % 2 or not 0 < rot <= d or cos.shape != (b, s, rot) or sin.shape != cos.shape
+                 or q_rot is None or q_rot.shape != q.shape or q_rot.dtype != q.dtype or k.dtype != q.dtype
+                 or k_cache.dtype != q.dtype):
+        raise ValueError("hash_encode_step: rotary embedding needs the K/V writes, cos and sin of (B, S, R) for an "
+                         "even R up to the head dim, and q, k, q_rot and k_cache of one dtype")
     if not write_kv:  # unused pointer arguments: the kernel reads none of them
         v, k_cache, v_cache = k, k, k
     if not rope:
@@ -255,7 +258,7 @@ def hash_encode_step(
     dv = v.shape[3]
     _encode_step_kernel[(b * hkv * s, nw)](
         q, k, w, out, k_codes, write_pos, v, k_cache, v_cache, cos, sin, q_rot,
-        s, hkv, g, d, k_codes.shape[2], dv,
+        s, hkv, g, d, k_codes.shape[2], dv, rot,
         *q.stride(), *k.stride(), *w.stride(), *out.stride(), *k_codes.stride(), *write_pos.stride(),
         *v.stride(), *k_cache.stride(), *v_cache.stride(), *cos.stride(), *sin.stride(), *q_rot.stride(),
         ROWS=max(16, next_pow2(g + 1)), BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)),
@@ -282,7 +285,8 @@ def rope_hash_encode_step_kv(
     """Triton body of ``hatac::rope_hash_encode_step_kv``: the rotary embedding of q and k, the hashing and
     the three cache writes in one launch; returns (query codes, rotated q)."""
     q_rot = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    b, _, s, d = q.shape
+    b, _, s, _ = q.shape
+    rot = cos.shape[-1]
     codes = hash_encode_step(q, k, w, k_codes, write_pos, v=v, k_cache=k_cache, v_cache=v_cache,
-                             cos=cos.expand(b, s, d), sin=sin.expand(b, s, d), q_rot=q_rot)
+                             cos=cos.expand(b, s, rot), sin=sin.expand(b, s, rot), q_rot=q_rot)
     return codes, q_rot

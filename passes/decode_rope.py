@@ -9,8 +9,9 @@ batch 8 / 32K: ~3 us of a ~217 us hashed layer; docs/PERFORMANCE.md, session 13)
 
 Matched: ``hatac::hash_encode_step_kv(rope(q), rope(k), ...)`` with ``rope(x) = x * unsqueeze(cos, 1) +
 cat(-x[..., D/2:], x[..., :D/2]) * unsqueeze(sin, 1)`` (the rotate-half form of Llama, Qwen, Mistral and
-Gemma), the same cos and sin for q and k, all of one dtype, and the rotated key read by nothing else. Partial
-or interleaved rotary embeddings do not match and keep their kernels.
+Gemma), or its partial form ``cat([rope(x[..., :R]), x[..., R:]], -1)`` (Phi-3 and the partial rotary
+embeddings), the same cos and sin for q and k, all of one dtype, and the rotated key read by nothing else.
+Interleaved (GPT-J style) rotary embeddings do not match and keep their kernels.
 """
 
 from __future__ import annotations
@@ -97,16 +98,49 @@ def _rope(out) -> tuple[fx.Node, fx.Node, fx.Node, list[fx.Node]] | None:
     return None
 
 
+def _rotary(out) -> tuple[fx.Node, fx.Node, fx.Node, list[fx.Node]] | None:
+    """:func:`_rope` of a whole (B, H, S, D) tensor, or the partial form ``cat([rope(x[..., :R]), x[..., R:]], -1)``
+    (Phi-3's, where ``x[..., :D]`` is an alias): (x, cos, sin, nodes users first) or None."""
+    found = _rope(out)
+    if found is not None:
+        return found
+    if not _call(out, aten.cat.default) or out.kwargs:
+        return None
+    parts, dim = (list(out.args) + [0])[:2]
+    if dim not in (-1, 3) or len(parts) != 2:
+        return None
+    inner = _rope(parts[0])
+    if inner is None:
+        return None
+    xr, cos, sin, chain = inner
+    rest = parts[1]
+    x = rest.args[0] if _call(rest, aten.slice.Tensor) else None
+    v, vr = _val(x), _val(xr)
+    if v is None or vr is None or v.dim() != 4:
+        return None
+    d, rot = int(v.shape[-1]), int(vr.shape[-1])
+    whole = _call(xr, aten.alias.default) and xr.args[0] is x and rot == d
+    if not (whole or _slice(xr, x, 0, rot, d)) or not _slice(rest, x, rot, d, d):
+        return None
+    chain = [out] + chain + [xr, rest]
+    inside = set(chain)
+    if not all(u in inside or _call(u, _ASSERT) for n in chain[1:] for u in n.users):
+        return None
+    return x, cos, sin, chain
+
+
 def _compatible(q_rot, k_rot, cos, sin) -> bool:
-    """One floating dtype for q, k, cos and sin and their rotations; cos, sin (B or 1, S, D) of q's S and D."""
+    """One floating dtype for q, k, cos and sin and their rotations; cos, sin (B or 1, S, R) of q's S, for an even
+    R up to the head dim."""
     vals = [_val(n) for n in (q_rot, k_rot, cos, sin)]
     if any(v is None for v in vals):
         return False
     qv, kv, cv, sv = vals
     if len({v.dtype for v in vals}) != 1 or qv.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
-    want = (qv.shape[2], qv.shape[3])
-    return all(v.dim() == 3 and tuple(v.shape[1:]) == want for v in (cv, sv)) and kv.shape[3] == qv.shape[3]
+    if cv.dim() != 3 or tuple(cv.shape) != tuple(sv.shape) or cv.shape[1] != qv.shape[2]:
+        return False
+    return cv.shape[2] % 2 == 0 and cv.shape[2] <= qv.shape[3] and kv.shape[3] == qv.shape[3]
 
 
 class FuseRoPEEncode(PassBase):
@@ -124,7 +158,7 @@ class FuseRoPEEncode(PassBase):
             if not _call(node, encode) or node.kwargs:
                 continue
             q_rot, k_rot, v, w, k_cache, v_cache, codes, pos = node.args
-            mq, mk = _rope(q_rot), _rope(k_rot)
+            mq, mk = _rotary(q_rot), _rotary(k_rot)
             if mq is None or mk is None or mq[1:3] != mk[1:3] or mq[0] is mk[0]:
                 continue
             (q, cos, sin, q_chain), (k, _, _, k_chain) = mq, mk

@@ -22,12 +22,13 @@ def _fresh_runtime(hm):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(ARCHS) + ["phi3-partial"])
 def test_rope_in_the_encode_keeps_the_step(arch, monkeypatch):
-    """Every hashed layer of the rotate-half architectures takes the fused op (phi3's rotary embedding is
-    written in the partial form, slices and a cat around it, which is left alone), and three static decode
-    steps give the logits of the unfused graph."""
-    hm = hatac.convert(tiny_model(arch), hatac.HataConfig(hash="random", budget=0.5, dense_layers=1, rbits=64, sink=1))
+    """Every hashed layer takes the fused op (phi3 writes its rotary embedding in the partial form, slices and a
+    cat around it; "phi3-partial" rotates half of each head), and three static decode steps give the logits
+    of the unfused graph."""
+    model = tiny_model("phi3", partial_rotary_factor=0.5) if arch == "phi3-partial" else tiny_model(arch)
+    hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=0.5, dense_layers=1, rbits=64, sink=1))
     hashed = hm.config.num_hidden_layers - 1
     ids = torch.randint(3, 300, (2, 9), generator=torch.Generator().manual_seed(0))
     logits = {}
@@ -35,7 +36,7 @@ def test_rope_in_the_encode_keeps_the_step(arch, monkeypatch):
         monkeypatch.setitem(DECODE_LINEAR, "rope", rope)
         _fresh_runtime(hm)
         targets = [n.target for n in runtime_decode_graph(hm).graph.nodes]
-        fused = 0 if arch == "phi3" or not rope else hashed
+        fused = hashed if rope else 0
         assert (targets.count(FUSED), targets.count(UNFUSED)) == (fused, hashed - fused)
         cache = hm.new_cache(capacity=16, static=True)
         hm(ids, past_key_values=cache)

@@ -165,15 +165,17 @@ def test_hash_encode_step_gpu(case):
     _check_encode_step("cuda", *case, seed=4, dv=case[4])
 
 
-def _check_rope_encode_step(device, b, hkv, g, s, d, r, t, dtype, seed):
+def _check_rope_encode_step(device, b, hkv, g, s, d, r, t, dtype, seed, rot=None):
     """``rope_hash_encode_step_kv``: the rotated q it returns and the rotated key it writes are the reference's
     rotary embedding (to a unit in the last place: the interpreter rounds toward zero, and contraction into
-    fused multiply-adds may differ), and the codes are exactly those of what it rotated."""
+    fused multiply-adds may differ), and the codes are exactly those of what it rotated. ``rot``: a partial
+    rotary embedding of that many dims (the rest pass through)."""
+    rot = d if rot is None else rot
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(b, s, hkv * g, d, generator=gen).to(device, dtype).transpose(1, 2)  # strided, as in graphs
     k = torch.randn(b, s, hkv, d, generator=gen).to(device, dtype).transpose(1, 2)
     v = torch.randn(b, hkv, s, d, generator=gen).to(device, dtype)
-    angle = torch.rand(b, s, d // 2, generator=gen) * 100
+    angle = torch.rand(b, s, rot // 2, generator=gen) * 100
     cos = torch.cat([angle.cos()] * 2, -1).to(device, dtype)
     sin = torch.cat([angle.sin()] * 2, -1).to(device, dtype)
     w = torch.randn(hkv, d, r, generator=gen).to(device)
@@ -200,9 +202,10 @@ def _check_rope_encode_step(device, b, hkv, g, s, d, r, t, dtype, seed):
 
 
 @interp
-@pytest.mark.parametrize("case", [(2, 2, 2, 1, 64, 64, 9, torch.bfloat16), (1, 1, 3, 2, 32, 96, 5, torch.float32)])
-def test_rope_hash_encode_step_kv_interp(case):
-    _check_rope_encode_step("cpu", *case, seed=5)
+@pytest.mark.parametrize("case,rot", [((2, 2, 2, 1, 64, 64, 9, torch.bfloat16), None), ((1, 1, 3, 2, 32, 96, 5, torch.float32), None),
+                                      ((2, 1, 2, 1, 48, 32, 6, torch.bfloat16), 16)])
+def test_rope_hash_encode_step_kv_interp(case, rot):
+    _check_rope_encode_step("cpu", *case, seed=5, rot=rot)
 
 
 @pytest.mark.parametrize(
@@ -214,6 +217,7 @@ def test_rope_hash_encode_step_kv_interp(case):
 def test_rope_hash_encode_step_kv_gpu(case):
     for seed in range(2):
         _check_rope_encode_step("cuda", *case, seed=seed)
+    _check_rope_encode_step("cuda", *case, seed=2, rot=case[4] // 2)  # partial: the first half of the head
 
 
 # ---------------------------------------------------------------------------------------------- select

@@ -135,6 +135,9 @@ def test_opcheck_every_op():
         (ops.rope_hash_encode_step_kv.default, (x, x[:, :hkv], x[:, hkv:], torch.randn(b, s, d, generator=gen),
                                                  torch.randn(b, s, d, generator=gen), w, kc.clone(), vc.clone(),
                                                  kcodes.clone(), q_pos)),
+        (ops.rope_hash_encode_step_kv.default, (x, x[:, :hkv], x[:, hkv:], torch.randn(b, s, d // 2, generator=gen),
+                                                 torch.randn(b, s, d // 2, generator=gen), w, kc.clone(), vc.clone(),
+                                                 kcodes.clone(), q_pos)),  # partial: half of each head rotated
         (ops.linear.default, (x, w[0].t().contiguous())),
         (ops.linear.default, (x, w[0].t().contiguous(), torch.randn(64, generator=gen), 0.25)),
         (ops.linear_silu_mul.default, (x, w[0].t().contiguous())),
