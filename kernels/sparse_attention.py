@@ -22,6 +22,8 @@ from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args, reg_c
 _LOG2E = 1.4426950408889634
 # Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
 CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64, "maxnreg": None}  # maxnreg: ptxas cap
+# Dense decoding (indices=None) streams the whole cache: its own geometry (examples/dense_decode_probe.py sweeps it).
+DENSE_CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64}
 
 
 @triton.jit
@@ -122,9 +124,9 @@ def _attn_split_kernel(
         tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=gm[:, None] & dvm[None, :])
 
 
-def _splits(n_rows: int, k: int, block_n: int) -> tuple[int, int]:
-    """Pieces of each row's selection, aiming at about four programs per multiprocessor (132 on H100)."""
-    want = max(1, min(CONFIG["max_splits"], triton.cdiv(CONFIG["programs"], n_rows), triton.cdiv(k, block_n)))
+def _splits(n_rows: int, k: int, block_n: int, cfg: dict = CONFIG) -> tuple[int, int]:
+    """Pieces of each row's selection, aiming at ``cfg["programs"]`` programs (528: four per multiprocessor on H100)."""
+    want = max(1, min(cfg["max_splits"], triton.cdiv(cfg["programs"], n_rows), triton.cdiv(k, block_n)))
     chunk = triton.cdiv(triton.cdiv(k, want), block_n) * block_n
     return triton.cdiv(k, chunk), chunk
 
@@ -159,9 +161,10 @@ def sparse_attention(
     f32 = (not hw) or q.dtype == torch.float32 or k_cache.dtype == torch.float32 or v_cache.dtype == torch.float32
     block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))
     wide = (block_d + block_dv) * (4 if f32 else 2) > 512
-    block_n = 32 if (wide or not hw) else CONFIG["block_n"]
+    cfg = DENSE_CONFIG if dense else CONFIG
+    block_n = 32 if (wide or not hw) else cfg["block_n"]
     n_rows = b * hkv * s
-    n_splits, chunk = _splits(n_rows, kk, block_n)
+    n_splits, chunk = _splits(n_rows, kk, block_n, cfg)
     o_part = torch.empty((n_rows, n_splits, g, dv), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((n_rows, n_splits, g), dtype=torch.float32, device=q.device)
     counters = self_reset_counters("sparse_attention", q.device, n_rows)
@@ -175,7 +178,7 @@ def sparse_attention(
         *(q_pos.stride() if dense else (0, 0)),
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         F32_DOT=f32, PRECISION="ieee", DENSE=dense,
-        num_warps=8 if (f32 and block_d >= 128) else CONFIG["warps"], num_stages=CONFIG["stages"], **pdl_args(q),
+        num_warps=8 if (f32 and block_d >= 128) else cfg["warps"], num_stages=cfg["stages"], **pdl_args(q),
         **reg_cap(CONFIG["maxnreg"]),
     )
     return out
