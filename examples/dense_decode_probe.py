@@ -67,7 +67,7 @@ def main() -> None:
         report.append(entry)
         print(f"B={b} T={t}: SDPA {entry['sdpa_us']:.1f} us, hatac default {entry['default_us']:.1f} us, best "
               f"{entry['best']['us']:.1f} us {({k: entry['best'][k] for k in GRID})}", flush=True)
-        del kc, vc
+        kc = vc = None  # free the caches (the lambdas above close over the names)
         torch.cuda.empty_cache()
     # geometries ranked by their mean time relative to SDPA over every shape
     keys = [tuple(g[k] for k in GRID) for g in report[0]["geometries"]]
