@@ -2,7 +2,7 @@
 baseline of ``hatac bench generate`` run) against ``scaled_dot_product_attention(enable_gqa=True)`` on the same
 caches, over the launch geometries of ``DENSE_CONFIG`` in ``hatac/kernels/sparse_attention.py``.
 
-    PYTHONPATH=. python examples/dense_decode_probe.py [--shapes 8x32768 3x131072] [--out FILE]
+    PYTHONPATH=. python examples/dense_decode_probe.py [--shapes 8x32768 3x131072] [--grid JSON] [--out FILE]
 
 Why: the end-to-end speedups are measured against a dense model whose attention is this kernel, so it must be
 as fast as SDPA's flash-decoding, or the baseline is weak. Each geometry is first checked against SDPA
@@ -34,7 +34,9 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", default=["1x8192", "1x32768", "1x131072", "8x8192", "8x32768", "8x131072", "3x131072"],
                     help="BATCHxCONTEXT, 32 query / 8 KV heads, head_dim 128, bf16")
     ap.add_argument("--out", default="dense_decode_probe.json")
+    ap.add_argument("--grid", type=json.loads, default=GRID, help=f"geometries to try, as JSON (default {json.dumps(GRID)})")
     args = ap.parse_args()
+    grid = args.grid
     hq, hkv, d = 32, 8, 128
     report = []
     for shape in args.shapes:
@@ -50,8 +52,8 @@ def main() -> None:
         entry = {"batch": b, "context": t, "sdpa_us": _graph_bench(sdpa) * 1e3, "geometries": []}
         mine = lambda: ATT.sparse_attention(q, kc, vc, None, scale, q_pos=pos)  # noqa: E731
         entry["default_us"] = _graph_bench(mine) * 1e3
-        for values in itertools.product(*GRID.values()):
-            setting = dict(zip(GRID, values))
+        for values in itertools.product(*grid.values()):
+            setting = dict(zip(grid, values))
             with mock.patch.dict(ATT.DENSE_CONFIG, setting):
                 try:
                     err = ((mine().float() - want).norm() / want.norm()).item()
@@ -66,15 +68,15 @@ def main() -> None:
         entry["best"] = min(ok, key=lambda g: g["us"])
         report.append(entry)
         print(f"B={b} T={t}: SDPA {entry['sdpa_us']:.1f} us, hatac default {entry['default_us']:.1f} us, best "
-              f"{entry['best']['us']:.1f} us {({k: entry['best'][k] for k in GRID})}", flush=True)
+              f"{entry['best']['us']:.1f} us {({k: entry['best'][k] for k in grid})}", flush=True)
         kc = vc = None  # free the caches (the lambdas above close over the names)
         torch.cuda.empty_cache()
     # geometries ranked by their mean time relative to SDPA over every shape
-    keys = [tuple(g[k] for k in GRID) for g in report[0]["geometries"]]
+    keys = [tuple(g[k] for k in grid) for g in report[0]["geometries"]]
     rank = []
     for i, key in enumerate(keys):
         rel = [e["geometries"][i].get("us", math.inf) / e["sdpa_us"] for e in report]
-        rank.append((sum(rel) / len(rel), max(rel), dict(zip(GRID, key))))
+        rank.append((sum(rel) / len(rel), max(rel), dict(zip(grid, key))))
     rank.sort(key=lambda r: r[0])
     print("best geometries over all shapes (mean and worst time / SDPA):")
     for mean, worst, setting in rank[:8]:
