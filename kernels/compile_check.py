@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,10 @@ def _divisible(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
 
 
+# What the wrappers read of an H100's properties (compile_check runs without a GPU).
+_H100 = types.SimpleNamespace(shared_memory_per_multiprocessor=228 * 1024, L2_cache_size=50 << 20, multi_processor_count=132)
+
+
 @contextlib.contextmanager
 def recording(case: str, launches: list[Launch]):
     """Within: every hatac kernel launch is recorded, not run, and the wrappers take their GPU code paths."""
@@ -90,6 +95,8 @@ def recording(case: str, launches: list[Launch]):
     saved_pdl = common.pdl_flag
     select = sys.modules["hatac.kernels.hamming_topk"]
     saved_l2 = select._l2_bytes
+    attention = sys.modules["hatac.kernels.sparse_attention"]
+    saved_props = attention.device_properties
     saved_run = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
@@ -110,12 +117,14 @@ def recording(case: str, launches: list[Launch]):
             m.hw_flag = lambda t: True
         common.pdl_flag = lambda t: common._HAVE_PDL and common.PDL["enabled"]  # as on sm_90
         select._l2_bytes = lambda device: 50 << 20  # an H100's L2 (the select's K/V prefetch gate reads it)
+        attention.device_properties = lambda device: _H100  # the dense decode's stages fit its shared memory
         JITFunction.run = record
         yield triton
     finally:
         JITFunction.run = saved_run
         common.pdl_flag = saved_pdl
         select._l2_bytes = saved_l2
+        attention.device_properties = saved_props
         for m, f in saved_flags.items():
             m.hw_flag = f
 

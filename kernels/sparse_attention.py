@@ -17,13 +17,15 @@ import torch
 import triton
 import triton.language as tl
 
-from hatac.kernels._common import grid_sync, hw_flag, next_pow2, pdl_args, reg_cap, self_reset_counters
+from hatac.kernels._common import device_properties, grid_sync, hw_flag, next_pow2, pdl_args, reg_cap, self_reset_counters
 
 _LOG2E = 1.4426950408889634
 # Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
 CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64, "maxnreg": None}  # maxnreg: ptxas cap
-# Dense decoding (indices=None) streams the whole cache: its own geometry (examples/dense_decode_probe.py sweeps it).
-DENSE_CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64}
+# Dense decoding (indices=None) streams the whole cache: its own geometry. Few programs, long pipelined streams:
+# within 1-3% of SDPA's flash-decoding at batch 1-8 and 8K-128K on H100 (examples/dense_decode_probe.py,
+# docs/PERFORMANCE.md, session 13); stages drop where the GPU's shared memory cannot hold them.
+DENSE_CONFIG = {"block_n": 128, "warps": 4, "stages": 3, "programs": 66, "max_splits": 64}
 
 
 @triton.jit
@@ -124,6 +126,18 @@ def _attn_split_kernel(
         tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=gm[:, None] & dvm[None, :])
 
 
+def _fit_stages(device: torch.device, block_n: int, stages: int, row_bytes: int) -> tuple[int, int]:
+    """(block_n, stages) whose pipelined K and V tiles (``stages`` x ``block_n`` rows of ``row_bytes``, plus
+    slack) fit in the device's shared memory: fewer stages first, then shorter tiles (down to 2 x 32)."""
+    room = int(device_properties(device).shared_memory_per_multiprocessor) - 16 * 1024
+    while stages * block_n * row_bytes > room and (stages > 2 or block_n > 32):
+        if stages > 2:
+            stages -= 1
+        else:
+            block_n //= 2
+    return block_n, stages
+
+
 def _splits(n_rows: int, k: int, block_n: int, cfg: dict = CONFIG) -> tuple[int, int]:
     """Pieces of each row's selection, aiming at ``cfg["programs"]`` programs (528: four per multiprocessor on H100)."""
     want = max(1, min(cfg["max_splits"], triton.cdiv(cfg["programs"], n_rows), triton.cdiv(k, block_n)))
@@ -163,6 +177,9 @@ def sparse_attention(
     wide = (block_d + block_dv) * (4 if f32 else 2) > 512
     cfg = DENSE_CONFIG if dense else CONFIG
     block_n = 32 if (wide or not hw) else cfg["block_n"]
+    stages = cfg["stages"]
+    if dense and hw:
+        block_n, stages = _fit_stages(q.device, block_n, stages, (block_d + block_dv) * k_cache.element_size())
     n_rows = b * hkv * s
     n_splits, chunk = _splits(n_rows, kk, block_n, cfg)
     o_part = torch.empty((n_rows, n_splits, g, dv), dtype=torch.float32, device=q.device)
@@ -178,7 +195,7 @@ def sparse_attention(
         *(q_pos.stride() if dense else (0, 0)),
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         F32_DOT=f32, PRECISION="ieee", DENSE=dense,
-        num_warps=8 if (f32 and block_d >= 128) else cfg["warps"], num_stages=cfg["stages"], **pdl_args(q),
+        num_warps=8 if (f32 and block_d >= 128) else cfg["warps"], num_stages=stages, **pdl_args(q),
         **reg_cap(CONFIG["maxnreg"]),
     )
     return out

@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -448,6 +449,16 @@ def _check_attention(device, b, hkv, g, s, t, d, kk, dtype, seed, tol):
     assert err < tol, f"relative error {err:.2e}"
     if empty_row:
         assert (got[0, :g, 0] == 0).all()
+
+
+@pytest.mark.parametrize("smem_kb,want", [(228, (128, 3)), (164, (128, 2)), (100, (64, 2)), (48, (32, 2))])
+def test_dense_decode_stages_fit_shared_memory(monkeypatch, smem_kb, want):
+    """The dense decode's pipelined K/V tiles (bf16, d 128: 512 bytes a row) shrink to the GPU's shared memory:
+    H100 keeps 3 stages of 128 rows, A100 2, smaller parts shorter tiles."""
+    att = K["sparse_attention"]
+    props = types.SimpleNamespace(shared_memory_per_multiprocessor=smem_kb * 1024)
+    monkeypatch.setattr(att, "device_properties", lambda device: props)
+    assert att._fit_stages(torch.device("cpu"), 128, 3, 512) == want
 
 
 def test_self_reset_counters_grow_and_keep_old_buffers():
