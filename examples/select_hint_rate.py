@@ -2,11 +2,12 @@
 decode step against the next, per layer and KV head (SmolLM2-135M demo asset, real documents, CPU).
 
 The select kernel keeps, per row, the coarse histogram bin (key >> SHIFT, ``hamming_topk.plan``) that held
-the k-th smallest key at the previous call; when the bin is unchanged its fine pass skips its scan
-(docs/PERFORMANCE.md). This probe computes that bin exactly as the kernel does (key = summed Hamming
-distance + 1, budget as a fraction of the query's length, no sink or recent) for every query position of
-each document from ``--start`` on, as consecutive decode steps, and reports the share of steps whose bin
-equals the previous step's.
+the k-th smallest key at the previous call; when the new threshold's bin is that one (or, since session 13,
+its neighbour on the side of the previous threshold) its fine pass skips its scan (docs/PERFORMANCE.md). This
+probe computes the threshold exactly as the kernel does (key = summed Hamming distance + 1, budget as a
+fraction of the query's length, no sink or recent) for every query position of each document from
+``--start`` on, as consecutive decode steps, and reports the share of steps that hit, for one bin and for
+the two-bin window.
 
     python examples/select_hint_rate.py --docs 2 --tokens 4096 [--weights learned.safetensors]
 """
@@ -27,8 +28,8 @@ from hatac.kernels.hamming_topk import plan
 from hatac.texts import eval_documents
 
 
-def threshold_bins(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, budget: float, shift: int, start: int) -> torch.Tensor:
-    """(Hkv, L - start) coarse bin of the k-th smallest key for the queries at positions start..L-1.
+def threshold_keys(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, budget: float, start: int) -> torch.Tensor:
+    """(Hkv, L - start) k-th smallest key for the queries at positions start..L-1.
     q (Hq, L, D), k (Hkv, L, D), w (Hkv, D, r)."""
     hq, length, _ = q.shape
     hkv = k.shape[0]
@@ -45,8 +46,18 @@ def threshold_bins(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, budget: fl
         key = key.masked_fill(torch.arange(length)[None, :] > pos[:, None], 1 << 30)
         n_sel = torch.clamp(torch.ceil((pos + 1).double() * budget).long(), min=1)
         theta = key.sort(-1).values.gather(-1, (n_sel - 1)[:, None])[:, 0]
-        out.append(theta >> shift)
+        out.append(theta)
     return torch.stack(out)
+
+
+def hits(theta: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row and step (the last axis), whether the hint hits, as one bin (the previous threshold's coarse
+    bin) and as two bins (that bin and its neighbour on the side of the previous threshold's fine position,
+    the window ``hamming_topk`` keeps since session 13)."""
+    prev, cur = theta[..., :-1], theta[..., 1:] >> shift
+    cb, fine = prev >> shift, prev & ((1 << shift) - 1)
+    lo = torch.where(fine < (1 << shift) // 2, cb - 1, cb)
+    return cur == cb, (cur >= lo) & (cur <= lo + 1)
 
 
 def main() -> None:
@@ -87,6 +98,7 @@ def main() -> None:
     AttentionInterface.register("hatac_hint_probe", capture)
     model.set_attn_implementation("hatac_hint_probe")
     same = {b: torch.zeros(len(layers)) for b in budgets}
+    near = {b: torch.zeros(len(layers)) for b in budgets}
     steps = 0
     for doc in eval_documents(tok, args.tokens, args.tokens, n=args.docs):
         with torch.no_grad():
@@ -94,16 +106,18 @@ def main() -> None:
         for i, layer in enumerate(layers):
             q, k = captured[layer]
             for b in budgets:
-                bins = threshold_bins(q, k, weights[layer], b, shift, args.start)
-                same[b][i] += (bins[:, 1:] == bins[:, :-1]).float().sum()
+                one, two = hits(threshold_keys(q, k, weights[layer], b, args.start), shift)
+                same[b][i] += one.float().sum()
+                near[b][i] += two.float().sum()
         steps += hkv * (len(doc.ids) - args.start - 1)
         print(f"{doc.name}: {len(doc.ids)} tokens", flush=True)
     kind = "learned" if args.weights else "random"
     for b in budgets:
-        rate = same[b] / steps
-        print(f"budget {b:.4f} ({kind} W, r {weights[layers[0]].shape[2]}, SHIFT {shift}): hint hit rate "
-              f"{float(rate.mean()):.3f} (layers: min {float(rate.min()):.3f}, max {float(rate.max()):.3f}); "
-              f"per layer " + " ".join(f"{x:.2f}" for x in rate.tolist()))
+        for name, count in (("one bin", same[b]), ("two bins", near[b])):
+            rate = count / steps
+            print(f"budget {b:.4f} ({kind} W, r {weights[layers[0]].shape[2]}, SHIFT {shift}), {name}: hint hit rate "
+                  f"{float(rate.mean()):.3f} (layers: min {float(rate.min()):.3f}, max {float(rate.max()):.3f}); "
+                  f"per layer " + " ".join(f"{x:.2f}" for x in rate.tolist()))
 
 
 if __name__ == "__main__":

@@ -14,11 +14,14 @@ or recent), else ``score + 1``; the k smallest keys win, ties to the lower slot 
    words and placed by prefix sums over words (a per-slot scan cost twice as much on H100).
 
 **Selection hint (decode).** Between decode steps over the same key-code cache the coarse bin that holds
-the threshold rarely moves. Each row keeps the bin it had last time (:func:`selection_hint`, state kept
-per code cache, like the attention's counters); the scoring pass also histograms the low bits of the keys
-in that bin, and the fine pass's programs skip their scan when the bin is unchanged (every program of a
-row computes the same bin, so they decide alike). The write pass records the new bin and counts hits.
-The result never depends on the hint: a stale or missing one only costs the full fine pass.
+the threshold rarely moves far. Each row keeps a window of two bins from last time (:func:`selection_hint`,
+state kept per code cache, like the attention's counters): the threshold's bin and its neighbour on the side
+of the threshold within it. The scoring pass also histograms the low bits of the keys in those two bins, and
+the fine pass's programs skip their scan when the new bin is one of them (every program of a row computes
+the same bin, so they decide alike). The write pass records the new window and counts hits. The result
+never depends on the hint: a stale or missing one only costs the full fine pass. (A decode step's fine pass
+lasts as long as its slowest row, so at batch 8 one missing row in 64 costs the whole scan: with one bin,
+94% of rows hit in ``hatac bench generate`` and nearly every step scanned; docs/PERFORMANCE.md, session 13.)
 
 **Prefetches (Hopper).** Each scoring program asks the L2 for the first slots of its split's codes (one bulk
 prefetch) before it waits for the previous kernel, so they stream in while the encoder runs. Given the K/V
@@ -169,9 +172,10 @@ def _score_kernel(
         base = 0
 
     hist = tl.zeros((NCB,), dtype=tl.int32)
-    if HINT:  # fine histogram of the bin that held the threshold at the previous step
-        cb_hint = tl.load(hint_ptr + row * 3)
-        fine = tl.zeros((NFB,), dtype=tl.int32)
+    if HINT:  # fine histogram of the two bins around the threshold at the previous step (none while lo < 0)
+        lo_key = tl.load(hint_ptr + row * 3) << SHIFT
+        hi_key = tl.where(lo_key >= 0, lo_key + 2 * NFB, lo_key)
+        fine = tl.zeros((2 * NFB,), dtype=tl.int32)
     key_base = keys_ptr + row.to(tl.int64) * KS
     for i in range(first, last):
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -196,12 +200,13 @@ def _score_kernel(
         tl.store(key_base + t, key, mask=t < KS)  # whole block, row padding included: vector stores
         hist += tl.histogram(key >> SHIFT, NCB, mask=inr)
         if HINT:
-            fine += tl.histogram(key & (NFB - 1), NFB, mask=inr & ((key >> SHIFT) == cb_hint))
+            win = inr & (key >= lo_key) & (key < hi_key)
+            fine += tl.histogram(tl.where(win, key - lo_key, 0), 2 * NFB, mask=win)
     bins = tl.arange(0, NCB)
     tl.store(hist_ptr + (row.to(tl.int64) * n_splits + split) * NCB + bins, hist)
     if HINT:
-        fb = tl.arange(0, NFB)
-        tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine)
+        fb = tl.arange(0, 2 * NFB)
+        tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * (2 * NFB) + fb, fine)
 
 
 @triton.jit
@@ -209,7 +214,7 @@ def _fine_kernel(
     qpos_ptr, keys_ptr, hist1_ptr, hist2_ptr, less_ptr, cb_ptr, hint_ptr, n_splits1,
     S, Hkv, T, KS, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
-    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr,
+    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr, HNFB: tl.constexpr,
     NSP1: tl.constexpr, BLOCK_T: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
 ):
     grid_sync(PDL)
@@ -223,8 +228,16 @@ def _fine_kernel(
     h1 = tl.load(hist1_ptr + (row.to(tl.int64) * n_splits1 + sp[:, None]) * NCB + bins[None, :], mask=sp[:, None] < n_splits1, other=0)
     cum = tl.cumsum(tl.sum(h1, axis=0), axis=0)
     cb = tl.sum((cum < n_sel).to(tl.int32), axis=0)  # the coarse bin holding the n_sel-th smallest key
+    if HINT:  # the scoring pass histogrammed the bins lo and lo + 1: a hit when cb is one of them
+        lo_bin = tl.load(hint_ptr + row * 3)
+        hit = (lo_bin >= 0) & (cb >= lo_bin) & (cb <= lo_bin + 1)
+        off = tl.where(hit, (cb - lo_bin) * NFB, 0)  # where cb's fine histogram starts in a split's HNFB bins
+    else:
+        hit = row < 0  # never
+        off = 0
     if split == 0:
-        tl.store(cb_ptr + row, cb)
+        tl.store(cb_ptr + row * 2, cb)
+        tl.store(cb_ptr + row * 2 + 1, off)
 
     c0 = split * CHUNK
     start = tl.maximum(c0, lo)
@@ -235,13 +248,10 @@ def _fine_kernel(
     key_base = keys_ptr + row.to(tl.int64) * KS
     first = (start - c0) // BLOCK_T
     last = (tl.maximum(end - c0, 0) + BLOCK_T - 1) // BLOCK_T
-    if HINT:  # same splits as the scoring pass, which histogrammed the hinted bin: nothing to scan on a hit
-        hit = tl.load(hint_ptr + row * 3) == cb
+    if HINT:  # same splits as the scoring pass, which histogrammed the hinted bins: nothing to scan on a hit
         less_h1 = tl.sum(tl.sum(tl.where((sp[:, None] == split) & (bins[None, :] < cb), h1, 0), axis=1), axis=0)
         less = tl.where(hit, less_h1, 0)
         last = tl.where(hit, first, last)
-    else:
-        hit = row < 0  # never
     for i in range(first, last):
         t = c0 + i * BLOCK_T + tl.arange(0, BLOCK_T)
         inr = (t >= start) & (t < end)
@@ -254,7 +264,7 @@ def _fine_kernel(
         n_out += BLOCK_T - (cnt >> 16)
     fb = tl.arange(0, NFB)
     fine -= tl.where(fb == 0, n_out, 0)
-    tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * NFB + fb, fine, mask=fb < tl.where(hit, 0, NFB))
+    tl.store(hist2_ptr + (row.to(tl.int64) * n_splits + split) * HNFB + fb, fine, mask=fb < tl.where(hit, 0, NFB))
     tl.store(less_ptr + row * n_splits + split, less)
 
 
@@ -263,7 +273,7 @@ def _write_kernel(
     qpos_ptr, keys_ptr, hist2_ptr, less_ptr, cb_ptr, idx_ptr, hint_ptr, kc_ptr, vc_ptr,
     S, Hkv, T, KS, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps, skb, skh, skt, svb, svh, svt,
-    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, NSP: tl.constexpr,
+    IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, HNFB: tl.constexpr, NSP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, KV_PF: tl.constexpr,
     KEY_PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -287,9 +297,10 @@ def _write_kernel(
     sp = tl.arange(0, NSP)
     fb = tl.arange(0, NFB)
     spm = sp < n_splits
-    h2 = tl.load(hist2_ptr + (row.to(tl.int64) * n_splits + sp[:, None]) * NFB + fb[None, :], mask=spm[:, None], other=0)
+    cb = tl.load(cb_ptr + row * 2)
+    off = tl.load(cb_ptr + row * 2 + 1)
+    h2 = tl.load(hist2_ptr + (row.to(tl.int64) * n_splits + sp[:, None]) * HNFB + off + fb[None, :], mask=spm[:, None], other=0)
     less_sp = tl.load(less_ptr + row * n_splits + sp, mask=spm, other=0)
-    cb = tl.load(cb_ptr + row)
     tot = tl.sum(h2, axis=0)
     need_f = n_sel - tl.sum(less_sp, axis=0)
     f_bin = tl.sum((tl.cumsum(tot, axis=0) < need_f).to(tl.int32), axis=0)
@@ -343,10 +354,13 @@ def _write_kernel(
         blk = tl.sum(cnt, axis=0)
         out_pos += (blk & 65535) + tl.minimum(blk >> 16, quota)
         eq_seen += blk >> 16
-    if HINT and split == 0:  # the bin for the next step's scoring pass; count this call and whether it hit
-        tl.store(hint_ptr + row * 3 + 1, tl.load(hint_ptr + row * 3 + 1) + (tl.load(hint_ptr + row * 3) == cb).to(tl.int32))
+    if HINT and split == 0:  # the bins for the next step's scoring pass; count this call and whether it hit
+        lo_old = tl.load(hint_ptr + row * 3)
+        hit = (lo_old >= 0) & (cb >= lo_old) & (cb <= lo_old + 1)
+        tl.store(hint_ptr + row * 3 + 1, tl.load(hint_ptr + row * 3 + 1) + hit.to(tl.int32))
         tl.store(hint_ptr + row * 3 + 2, tl.load(hint_ptr + row * 3 + 2) + 1)
-        tl.store(hint_ptr + row * 3, cb)
+        # cb and its neighbour on the side of the threshold within it, where a small move would take it
+        tl.store(hint_ptr + row * 3, tl.where(f_bin < NFB // 2, tl.maximum(cb - 1, 0), cb))
     if split == 0:
         for p0 in range(0, K, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
@@ -432,7 +446,7 @@ def score_keys(
     n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["programs"], CONFIG["max_splits"])
     pf_slots = _l2_prefetch_slots(k_codes, nw)
     hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
-    hist2 = None if hint is None else torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=q_codes.device)
+    hist2 = None if hint is None else torch.empty((n_rows, n_splits, 2 * p["NFB"]), dtype=torch.int32, device=q_codes.device)
     _score_kernel[(n_rows, n_splits)](
         q_codes, k_codes, q_pos, keys, hist1, hist1 if hint is None else hint, hist1 if hint is None else hist2,
         s, hkv, t, keys.stride(0), chunk, n_splits, window, sink, recent, pf_slots,
@@ -475,9 +489,9 @@ _MAX_HINTS = 1024  # distinct code caches with a hint; later ones select without
 
 
 def selection_hint(k_codes: torch.Tensor, n_rows: int) -> torch.Tensor | None:
-    """The selection hint of the code cache ``k_codes`` for ``n_rows`` query rows: (rows, 3) int32, the
-    coarse bin that held each row's threshold at the previous call, how many calls found it unchanged,
-    and how many calls there were.
+    """The selection hint of the code cache ``k_codes`` for ``n_rows`` query rows: (rows, 3) int32, the lower
+    of the two coarse bins around each row's threshold at the previous call (-1: none), how many calls found
+    the threshold in them, and how many calls there were.
 
     Kept per (device, code-cache address, rows), so each layer of a static decode cache has its own and a
     CUDA graph captured with it replays against the same buffer. A buffer is never freed (a captured graph
@@ -490,7 +504,7 @@ def selection_hint(k_codes: torch.Tensor, n_rows: int) -> torch.Tensor | None:
         if capturing or len(_HINTS) >= _MAX_HINTS:
             return None
         buf = torch.zeros((n_rows, 3), dtype=torch.int32, device=k_codes.device)
-        buf[:, 0] = -1  # no bin yet
+        buf[:, 0] = -1  # no window yet
         _HINTS[key] = buf
     return buf
 
@@ -557,15 +571,16 @@ def hamming_topk(
     dev = q_codes.device
     if hist2 is None:
         hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)
+    hnfb = hist2.shape[2]  # 2 NFB with the hint (the scoring pass's two bins), else NFB
     less = torch.empty((n_rows, n_splits), dtype=torch.int32, device=dev)
-    cb = torch.empty((n_rows,), dtype=torch.int32, device=dev)
+    cb = torch.empty((n_rows, 2), dtype=torch.int32, device=dev)  # the threshold's coarse bin; its fine offset
     is_frac, want_fixed, budget_bits = budget_args(budget)
     grid = (n_rows, n_splits)
     common = (s, hkv, t, keys.stride(0), k, chunk, n_splits, window, sink, recent, want_fixed, budget_bits, *q_pos.stride())
     hint_arg = cb if hint is None else hint
     _fine_kernel[grid](
         q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], HNFB=hnfb, NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
         HINT=hint is not None, num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
     kv_pf = _kv_prefetch_rows(q_codes, k_cache, v_cache, n_rows * k)
@@ -573,7 +588,7 @@ def hamming_topk(
     _write_kernel[grid](
         q_pos, keys, hist2, less, cb, out, hint_arg, kc, vc, *common,
         *(kc.stride()[:3] + vc.stride()[:3] if kv_pf else (0,) * 6),
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], HNFB=hnfb, NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
         HINT=hint is not None, KV_PF=kv_pf, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= CONFIG["write_prefetch_blocks"],
         num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )

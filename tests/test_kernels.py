@@ -338,6 +338,17 @@ def _check_hinted(device, monkeypatch=None):
     assert hint[:, 1].tolist() == [0] * rows  # no bin known at the first call
     check(qc)
     assert hint[:, 1].tolist() == [1] * rows  # same codes: every row hits and skips its scan
+    # The window is two bins, lo and lo + 1, and the threshold's bin is one of them. Shifted down by one it
+    # holds the threshold only if that is lo (found in the window's upper half), shifted up only if it is
+    # lo + 1 (the lower half): each row hits in exactly one of the two calls, and both select exactly.
+    lo = hint[:, 0].clone()
+    assert bool((lo >= 1).all())
+    for shift in (-1, 1):
+        hint[:, 0], hint[:, 1] = lo + shift, 0
+        check(qc)
+        hits = hint[:, 1].clone() if shift == -1 else hits + hint[:, 1]
+    assert hits.tolist() == [1] * rows
+    hint[:, 0], hint[:, 1] = lo, 1
     stats = mod.hint_stats(device)
     assert stats["hits"] >= rows and stats["calls"] >= 2 * rows
     for seed in range(2):
