@@ -77,6 +77,9 @@ CONFIG = {
     "write_prefetch_blocks": 2,
     # decode (one query row): keep each row's threshold bin between calls (selection_hint); HATAC_SELECT_HINT=0: off
     "hint": os.environ.get("HATAC_SELECT_HINT", "1") != "0",
+    # coarse bins the hint's window holds: 2 (the threshold's and its nearer neighbour) or 1 (the threshold's,
+    # as before session 13; the scoring pass still histograms two)
+    "hint_window": 2,
     # Rows of the per-slot key buffer start every multiple of this many slots, whatever the cache length: the
     # JIT then sees a row stride divisible by 16 and vectorizes the key stores and loads. A static cache of
     # 32K + 24 slots (hatac bench generate's) otherwise compiles them one element at a time (docs/PERFORMANCE.md:
@@ -215,7 +218,7 @@ def _fine_kernel(
     S, Hkv, T, KS, K, CHUNK, n_splits, window, sink, recent, want_fixed, budget_bits,
     spb, sps,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NCB: tl.constexpr, NFB: tl.constexpr, HNFB: tl.constexpr,
-    NSP1: tl.constexpr, BLOCK_T: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr,
+    NSP1: tl.constexpr, BLOCK_T: tl.constexpr, HINT: tl.constexpr, PDL: tl.constexpr, WINDOW: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -230,7 +233,7 @@ def _fine_kernel(
     cb = tl.sum((cum < n_sel).to(tl.int32), axis=0)  # the coarse bin holding the n_sel-th smallest key
     if HINT:  # the scoring pass histogrammed the bins lo and lo + 1: a hit when cb is one of them
         lo_bin = tl.load(hint_ptr + row * 3)
-        hit = (lo_bin >= 0) & (cb >= lo_bin) & (cb <= lo_bin + 1)
+        hit = (lo_bin >= 0) & (cb >= lo_bin) & (cb < lo_bin + WINDOW)
         off = tl.where(hit, (cb - lo_bin) * NFB, 0)  # where cb's fine histogram starts in a split's HNFB bins
     else:
         hit = row < 0  # never
@@ -275,7 +278,7 @@ def _write_kernel(
     spb, sps, skb, skh, skt, svb, svh, svt,
     IS_FRAC: tl.constexpr, SHIFT: tl.constexpr, NFB: tl.constexpr, HNFB: tl.constexpr, NSP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HW_POPC: tl.constexpr, HINT: tl.constexpr, KV_PF: tl.constexpr,
-    KEY_PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    KEY_PREFETCH: tl.constexpr, PDL: tl.constexpr, WINDOW: tl.constexpr,
 ):
     grid_sync(PDL)
     row = tl.program_id(0)
@@ -356,11 +359,14 @@ def _write_kernel(
         eq_seen += blk >> 16
     if HINT and split == 0:  # the bins for the next step's scoring pass; count this call and whether it hit
         lo_old = tl.load(hint_ptr + row * 3)
-        hit = (lo_old >= 0) & (cb >= lo_old) & (cb <= lo_old + 1)
+        hit = (lo_old >= 0) & (cb >= lo_old) & (cb < lo_old + WINDOW)
         tl.store(hint_ptr + row * 3 + 1, tl.load(hint_ptr + row * 3 + 1) + hit.to(tl.int32))
         tl.store(hint_ptr + row * 3 + 2, tl.load(hint_ptr + row * 3 + 2) + 1)
         # cb and its neighbour on the side of the threshold within it, where a small move would take it
-        tl.store(hint_ptr + row * 3, tl.where(f_bin < NFB // 2, tl.maximum(cb - 1, 0), cb))
+        if WINDOW == 2:
+            tl.store(hint_ptr + row * 3, tl.where(f_bin < NFB // 2, tl.maximum(cb - 1, 0), cb))
+        else:
+            tl.store(hint_ptr + row * 3, cb)
     if split == 0:
         for p0 in range(0, K, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
@@ -581,7 +587,8 @@ def hamming_topk(
     _fine_kernel[grid](
         q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], HNFB=hnfb, NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
-        HINT=hint is not None, num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
+        HINT=hint is not None, WINDOW=CONFIG["hint_window"], num_warps=warps, **pdl_args(q_codes),
+        **reg_cap(CONFIG["select_maxnreg"]),
     )
     kv_pf = _kv_prefetch_rows(q_codes, k_cache, v_cache, n_rows * k)
     kc, vc = (k_cache, v_cache) if kv_pf else (keys, keys)
@@ -590,7 +597,7 @@ def hamming_topk(
         *(kc.stride()[:3] + vc.stride()[:3] if kv_pf else (0,) * 6),
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], HNFB=hnfb, NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
         HINT=hint is not None, KV_PF=kv_pf, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= CONFIG["write_prefetch_blocks"],
-        num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
+        WINDOW=CONFIG["hint_window"], num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
     )
     return out
 

@@ -347,7 +347,7 @@ def _check_hinted(device, monkeypatch=None):
         hint[:, 0], hint[:, 1] = lo + shift, 0
         check(qc)
         hits = hint[:, 1].clone() if shift == -1 else hits + hint[:, 1]
-    assert hits.tolist() == [1] * rows
+    assert hits.tolist() == ([1] * rows if mod.CONFIG["hint_window"] == 2 else [0] * rows)
     hint[:, 0], hint[:, 1] = lo, 1
     stats = mod.hint_stats(device)
     assert stats["hits"] >= rows and stats["calls"] >= 2 * rows
@@ -361,6 +361,13 @@ def _check_hinted(device, monkeypatch=None):
         monkeypatch.setitem(mod.CONFIG, "hint", False)
         check(qc)
         assert torch.equal(hint, before)
+
+
+@interp
+def test_hamming_topk_one_bin_hint_interp(monkeypatch):
+    """The one-bin window (``hint_window`` 1, the hint before session 13): a shifted bin never hits."""
+    monkeypatch.setitem(K["hamming_topk"].CONFIG, "hint_window", 1)
+    _check_hinted("cpu")
 
 
 @interp
