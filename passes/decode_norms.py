@@ -17,17 +17,11 @@ import torch
 import torch.fx as fx
 
 from hatac.passes.base import DECODE, PassBase, PassContext, PassResult
+from hatac.passes.match import ASSERT as _ASSERT
+from hatac.passes.match import calls as _call
+from hatac.passes.match import dtype as _dtype
 
 aten = torch.ops.aten
-_ASSERT = aten._assert_tensor_metadata.default
-
-
-def _call(node, *targets) -> bool:
-    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
-
-
-def _dtype(node) -> torch.dtype | None:
-    return getattr(node.meta.get("val"), "dtype", None) if isinstance(node, fx.Node) else None
 
 
 def _add_rms_norm(out: fx.Node):

@@ -22,18 +22,11 @@ import torch
 import torch.fx as fx
 
 from hatac.passes.base import DECODE, PassBase, PassContext, PassResult
+from hatac.passes.match import ASSERT as _ASSERT
+from hatac.passes.match import calls as _call
+from hatac.passes.match import meta_val as _val
 
 aten = torch.ops.aten
-_ASSERT = aten._assert_tensor_metadata.default
-_END = 2**63 - 1
-
-
-def _call(node, *targets) -> bool:
-    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
-
-
-def _val(node):
-    return node.meta.get("val") if isinstance(node, fx.Node) else None
 
 
 def _pair(node: fx.Node, pred):
