@@ -96,6 +96,21 @@ def _encode_kernel(
 
 
 @triton.jit
+def _heads_and_key(q_ptr, k_ptr, b, kv, s, r, cols, dm, G, sqb, sqh, sqs, sqd, skb, skh, sks, skd):
+    """(ROWS, BLOCK_D) float32: rows 0..G-1 the query heads of KV head ``kv``, row G the new key, each read at
+    columns ``cols`` (the masks are disjoint, so the sum is exact for 16-bit inputs)."""
+    xq = tl.load(
+        q_ptr + b.to(tl.int64) * sqb + (kv * G + r)[:, None] * sqh + s * sqs + cols[None, :] * sqd,
+        mask=(r[:, None] < G) & dm, other=0.0,
+    )
+    xk = tl.load(
+        k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + cols[None, :] * skd + r[:, None] * 0,
+        mask=(r[:, None] == G) & dm, other=0.0,
+    )
+    return xq.to(tl.float32) + xk.to(tl.float32)
+
+
+@triton.jit
 def _encode_step_kernel(
     q_ptr, k_ptr, w_ptr, qc_ptr, kc_ptr, wp_ptr, v_ptr, kcache_ptr, vcache_ptr, cos_ptr, sin_ptr, qr_ptr,
     S, Hkv, G, D, T, DV, ROT,
@@ -122,30 +137,14 @@ def _encode_step_kernel(
     r = tl.arange(0, ROWS)  # rows 0..G-1: the query heads of this KV head; row G: the new key
     d = tl.arange(0, BLOCK_D)
     dm = d[None, :] < D
-    xq = tl.load(
-        q_ptr + b.to(tl.int64) * sqb + (kv * G + r)[:, None] * sqh + s * sqs + d[None, :] * sqd,
-        mask=(r[:, None] < G) & dm, other=0.0,
-    )
-    xk = tl.load(
-        k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + d[None, :] * skd + r[:, None] * 0,
-        mask=(r[:, None] == G) & dm, other=0.0,
-    )
-    x = xq.to(tl.float32) + xk.to(tl.float32)  # the masks are disjoint; exact for 16-bit inputs
+    x = _heads_and_key(q_ptr, k_ptr, b, kv, s, r, d, dm, G, sqb, sqh, sqs, sqd, skb, skh, sks, skd)
     c = tl.program_id(1)  # one 32-bit word per program: short dependency chains, NW times the programs
     if ROPE:  # rotate-half rotary embedding of the first ROT dims, float32, rounded as the unfused graph rounds it
         half = ROT // 2
         dp = tl.where(d < half, d + half, tl.where(d < ROT, d - half, d))  # partner in the other half; past ROT: itself
-        xq_p = tl.load(
-            q_ptr + b.to(tl.int64) * sqb + (kv * G + r)[:, None] * sqh + s * sqs + dp[None, :] * sqd,
-            mask=(r[:, None] < G) & dm, other=0.0,
-        )
-        xk_p = tl.load(
-            k_ptr + b.to(tl.int64) * skb + kv * skh + s * sks + dp[None, :] * skd + r[:, None] * 0,
-            mask=(r[:, None] == G) & dm, other=0.0,
-        )
+        xp = _heads_and_key(q_ptr, k_ptr, b, kv, s, r, dp, dm, G, sqb, sqh, sqs, sqd, skb, skh, sks, skd)
         cs = tl.load(cos_ptr + b.to(tl.int64) * scosb + s * scoss + d * scosd, mask=d < ROT, other=0.0).to(tl.float32)
         sn = tl.load(sin_ptr + b.to(tl.int64) * ssinb + s * ssins + d * ssind, mask=d < ROT, other=0.0).to(tl.float32)
-        xp = xq_p.to(tl.float32) + xk_p.to(tl.float32)
         xp = tl.where(d[None, :] < half, -xp, xp)
         xr = (x * cs[None, :] + xp * sn[None, :]).to(q_ptr.dtype.element_ty).to(tl.float32)
         x = tl.where(d[None, :] < ROT, xr, x)  # dims past ROT pass through
