@@ -107,6 +107,26 @@ class PassBase:
         return result
 
 
+class NodeRewritePass(PassBase):
+    """A pass that offers each node of the graph, once and in order, to :meth:`rewrite`, which replaces what
+    it matches there (only that node and nodes before it) and says whether it changed the graph; the graph is
+    linted and recompiled once at the end when anything changed. The runtime decode passes are of this kind."""
+
+    def rewrite(self, gm: fx.GraphModule, node: fx.Node) -> bool:
+        raise NotImplementedError
+
+    def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
+        import hatac.ops  # noqa: F401  (defines the hatac ops a rewrite inserts)
+
+        modified = False
+        for node in list(gm.graph.nodes):
+            modified |= self.rewrite(gm, node)
+        if modified:
+            gm.graph.lint()
+            gm.recompile()
+        return PassResult(gm, modified)
+
+
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's first line, cut to ``limit`` characters (fx errors append a whole graph dump)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -17,7 +17,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from hatac.passes.base import DECODE, PassBase, PassContext, PassResult
+from hatac.passes.base import DECODE, NodeRewritePass
 
 aten = torch.ops.aten
 
@@ -43,7 +43,7 @@ def reads_sparse_attention(node: fx.Node, depth: int = 8) -> bool:
     return False
 
 
-class RouteDecodeLinears(PassBase):
+class RouteDecodeLinears(NodeRewritePass):
     """``aten.linear(x, W[, b])`` -> ``hatac::linear(x, W, b, l2_prefetch)`` (same output).
 
     ``after_sparse_attention``: the ``l2_prefetch`` of a linear that reads a hashed layer's attention output
@@ -57,20 +57,14 @@ class RouteDecodeLinears(PassBase):
     def __init__(self, after_sparse_attention: float = 0.25):
         self.after_sparse_attention = float(after_sparse_attention)
 
-    def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
-        import hatac.ops  # noqa: F401  (defines hatac::linear)
-
-        modified = False
-        for node in gm.graph.nodes:
-            if node.op == "call_function" and node.target == aten.linear.default and not node.kwargs:
-                x, w, *rest = node.args
-                pf = self.after_sparse_attention if reads_sparse_attention(node) else 0.0
-                node.target = torch.ops.hatac.linear.default
-                node.args = (x, w, rest[0] if rest else None, pf)
-                modified = True
-        if modified:
-            gm.recompile()
-        return PassResult(gm, modified)
+    def rewrite(self, gm: fx.GraphModule, node: fx.Node) -> bool:
+        if not (node.op == "call_function" and node.target == aten.linear.default and not node.kwargs):
+            return False
+        x, w, *rest = node.args
+        pf = self.after_sparse_attention if reads_sparse_attention(node) else 0.0
+        node.target = torch.ops.hatac.linear.default
+        node.args = (x, w, rest[0] if rest else None, pf)
+        return True
 
 
 def _only_user(node: fx.Node, user: fx.Node) -> bool:
@@ -106,7 +100,7 @@ def _gated_mlp(mul: fx.Node):
     return lin, [mul, silu, gate, up, split, lin]
 
 
-class FuseGatedLinear(PassBase):
+class FuseGatedLinear(NodeRewritePass):
     """``silu(g) * u`` of ``[g | u] = linear(x, W_gate_up)`` -> ``hatac::linear_silu_mul(x, W_gate_up)``.
 
     A gated MLP whose gate and up projections are stacked (``fuse_linears``) computes both halves, a SiLU
@@ -117,23 +111,15 @@ class FuseGatedLinear(PassBase):
 
     modes = (DECODE,)
 
-    def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
-        import hatac.ops  # noqa: F401  (defines hatac::linear_silu_mul)
-
-        modified = False
-        for mul in list(gm.graph.nodes):
-            found = _gated_mlp(mul)
-            if found is None:
-                continue
-            lin, pattern = found
-            with gm.graph.inserting_before(mul):
-                fused = gm.graph.call_function(torch.ops.hatac.linear_silu_mul.default, tuple(lin.args))
-            fused.meta.update({k: v for k, v in mul.meta.items() if k in ("val", "tensor_meta", "stack_trace", "nn_module_stack")})
-            mul.replace_all_uses_with(fused)
-            for node in pattern:
-                gm.graph.erase_node(node)
-            modified = True
-        if modified:
-            gm.graph.lint()
-            gm.recompile()
-        return PassResult(gm, modified)
+    def rewrite(self, gm: fx.GraphModule, mul: fx.Node) -> bool:
+        found = _gated_mlp(mul)
+        if found is None:
+            return False
+        lin, pattern = found
+        with gm.graph.inserting_before(mul):
+            fused = gm.graph.call_function(torch.ops.hatac.linear_silu_mul.default, tuple(lin.args))
+        fused.meta.update({k: v for k, v in mul.meta.items() if k in ("val", "tensor_meta", "stack_trace", "nn_module_stack")})
+        mul.replace_all_uses_with(fused)
+        for node in pattern:
+            gm.graph.erase_node(node)
+        return True

@@ -16,9 +16,10 @@ import operator
 import torch
 import torch.fx as fx
 
-from hatac.passes.base import DECODE, PassBase, PassContext, PassResult
+from hatac.passes.base import DECODE, NodeRewritePass
 from hatac.passes.match import ASSERT as _ASSERT
 from hatac.passes.match import calls as _call
+from hatac.passes.match import drop_asserts
 from hatac.passes.match import dtype as _dtype
 
 aten = torch.ops.aten
@@ -64,37 +65,27 @@ def _add_rms_norm(out: fx.Node):
     return s.args[0], s.args[1], w, eps, s, xf, chain
 
 
-class FuseAddRMSNorm(PassBase):
+class FuseAddRMSNorm(NodeRewritePass):
     """``w * RMSNorm(a + b)`` -> ``hatac::add_rms_norm(a, b, w, eps)``; the sum (the residual stream) is the
     op's first output and replaces the add everywhere else."""
 
     modes = (DECODE,)
 
-    def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
-        import hatac.ops  # noqa: F401  (defines hatac::add_rms_norm)
-
-        modified = False
-        for out in list(gm.graph.nodes):
-            found = _add_rms_norm(out)
-            if found is None:
-                continue
-            a, b, w, eps, s, xf, chain = found
-            with gm.graph.inserting_before(out):
-                fused = gm.graph.call_function(torch.ops.hatac.add_rms_norm.default, (a, b, w, eps))
-                total = gm.graph.call_function(operator.getitem, (fused, 0))
-                normed = gm.graph.call_function(operator.getitem, (fused, 1))
-            for node, like in ((total, s), (normed, out)):
-                node.meta.update({k: v for k, v in like.meta.items() if k in ("val", "tensor_meta")})
-            out.replace_all_uses_with(normed)
-            for node in chain + [s]:
-                for u in list(node.users):
-                    if _call(u, _ASSERT):
-                        gm.graph.erase_node(u)
-                if node.users:  # only the sum, or a no-op cast of it, is read after the norm
-                    node.replace_all_uses_with(total)
-                gm.graph.erase_node(node)
-            modified = True
-        if modified:
-            gm.graph.lint()
-            gm.recompile()
-        return PassResult(gm, modified)
+    def rewrite(self, gm: fx.GraphModule, out: fx.Node) -> bool:
+        found = _add_rms_norm(out)
+        if found is None:
+            return False
+        a, b, w, eps, s, xf, chain = found
+        with gm.graph.inserting_before(out):
+            fused = gm.graph.call_function(torch.ops.hatac.add_rms_norm.default, (a, b, w, eps))
+            total = gm.graph.call_function(operator.getitem, (fused, 0))
+            normed = gm.graph.call_function(operator.getitem, (fused, 1))
+        for node, like in ((total, s), (normed, out)):
+            node.meta.update({k: v for k, v in like.meta.items() if k in ("val", "tensor_meta")})
+        out.replace_all_uses_with(normed)
+        for node in chain + [s]:
+            drop_asserts(gm.graph, node)
+            if node.users:  # only the sum, or a no-op cast of it, is read after the norm
+                node.replace_all_uses_with(total)
+            gm.graph.erase_node(node)
+        return True

@@ -21,9 +21,10 @@ import operator
 import torch
 import torch.fx as fx
 
-from hatac.passes.base import DECODE, PassBase, PassContext, PassResult
+from hatac.passes.base import DECODE, NodeRewritePass
 from hatac.passes.match import ASSERT as _ASSERT
 from hatac.passes.match import calls as _call
+from hatac.passes.match import drop_asserts
 from hatac.passes.match import meta_val as _val
 
 aten = torch.ops.aten
@@ -136,56 +137,42 @@ def _compatible(q_rot, k_rot, cos, sin) -> bool:
     return cv.shape[2] % 2 == 0 and cv.shape[2] <= qv.shape[3] and kv.shape[3] == qv.shape[3]
 
 
-class FuseRoPEEncode(PassBase):
+class FuseRoPEEncode(NodeRewritePass):
     """``hash_encode_step_kv(rope(q), rope(k), v, ...)`` -> ``rope_hash_encode_step_kv(q, k, v, cos, sin, ...)``;
     the op's rotated q replaces ``rope(q)`` everywhere else (the sparse attention reads it)."""
 
     modes = (DECODE,)
 
-    def call(self, gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
-        import hatac.ops  # noqa: F401  (defines hatac::rope_hash_encode_step_kv)
-
-        encode = torch.ops.hatac.hash_encode_step_kv.default
-        modified = False
-        for node in list(gm.graph.nodes):
-            if not _call(node, encode) or node.kwargs:
-                continue
-            q_rot, k_rot, v, w, k_cache, v_cache, codes, pos = node.args
-            mq, mk = _rotary(q_rot), _rotary(k_rot)
-            if mq is None or mk is None or mq[1:3] != mk[1:3] or mq[0] is mk[0]:
-                continue
-            (q, cos, sin, q_chain), (k, _, _, k_chain) = mq, mk
-            if any(u is not node and not _call(u, _ASSERT) for u in k_rot.users) or not _compatible(q_rot, k_rot, cos, sin):
-                continue
-            order = {n: i for i, n in enumerate(gm.graph.nodes)}
-            if any(order[u] < order[node] for u in q_rot.users if u is not node and not _call(u, _ASSERT)):
-                continue  # the rotated q is read before the encode: the fused op could not give it there
-            with gm.graph.inserting_before(node):
-                fused = gm.graph.call_function(
-                    torch.ops.hatac.rope_hash_encode_step_kv.default, (q, k, v, cos, sin, w, k_cache, v_cache, codes, pos))
-                q_codes = gm.graph.call_function(operator.getitem, (fused, 0))
-                rotated = gm.graph.call_function(operator.getitem, (fused, 1))
-            for meta_key in ("hatac_layer", "nn_module_stack"):
-                if meta_key in node.meta:
-                    fused.meta[meta_key] = node.meta[meta_key]
-            q_codes.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ in ("val", "tensor_meta")})
-            qv = _val(q_rot)
-            rotated.meta["val"] = qv.new_empty(qv.shape) if qv is not None else None
-            node.replace_all_uses_with(q_codes)
-            gm.graph.erase_node(node)
-            for u in list(q_rot.users):
-                if _call(u, _ASSERT):
-                    gm.graph.erase_node(u)
-            q_rot.replace_all_uses_with(rotated)
-            for chain in (q_chain, k_chain):
-                for n in chain:
-                    for u in list(n.users):
-                        if _call(u, _ASSERT):
-                            gm.graph.erase_node(u)
-                    if not n.users:
-                        gm.graph.erase_node(n)
-            modified = True
-        if modified:
-            gm.graph.lint()
-            gm.recompile()
-        return PassResult(gm, modified)
+    def rewrite(self, gm: fx.GraphModule, node: fx.Node) -> bool:
+        if not _call(node, torch.ops.hatac.hash_encode_step_kv.default) or node.kwargs:
+            return False
+        q_rot, k_rot, v, w, k_cache, v_cache, codes, pos = node.args
+        mq, mk = _rotary(q_rot), _rotary(k_rot)
+        if mq is None or mk is None or mq[1:3] != mk[1:3] or mq[0] is mk[0]:
+            return False
+        (q, cos, sin, q_chain), (k, _, _, k_chain) = mq, mk
+        if any(u is not node and not _call(u, _ASSERT) for u in k_rot.users) or not _compatible(q_rot, k_rot, cos, sin):
+            return False
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        if any(order[u] < order[node] for u in q_rot.users if u is not node and not _call(u, _ASSERT)):
+            return False  # the rotated q is read before the encode: the fused op could not give it there
+        with gm.graph.inserting_before(node):
+            fused = gm.graph.call_function(
+                torch.ops.hatac.rope_hash_encode_step_kv.default, (q, k, v, cos, sin, w, k_cache, v_cache, codes, pos))
+            q_codes = gm.graph.call_function(operator.getitem, (fused, 0))
+            rotated = gm.graph.call_function(operator.getitem, (fused, 1))
+        for meta_key in ("hatac_layer", "nn_module_stack"):
+            if meta_key in node.meta:
+                fused.meta[meta_key] = node.meta[meta_key]
+        q_codes.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ in ("val", "tensor_meta")})
+        qv = _val(q_rot)
+        rotated.meta["val"] = qv.new_empty(qv.shape) if qv is not None else None
+        node.replace_all_uses_with(q_codes)
+        gm.graph.erase_node(node)
+        drop_asserts(gm.graph, q_rot)
+        q_rot.replace_all_uses_with(rotated)
+        for n in q_chain + k_chain:
+            drop_asserts(gm.graph, n)
+            if not n.users:
+                gm.graph.erase_node(n)
+        return True

@@ -1,6 +1,6 @@
 """Small node tests shared by the runtime decode passes that match ATen subgraphs by hand
 (``decode_norms``, ``decode_rope``): what a node calls, what its example value is, and the metadata asserts
-that export leaves on tensors (readers a rewrite may drop)."""
+that export leaves on tensors (readers a rewrite may drop, :func:`drop_asserts`)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,10 @@ def meta_val(node):
 def dtype(node) -> torch.dtype | None:
     """The dtype of ``node``'s example value, or None."""
     return getattr(meta_val(node), "dtype", None)
+
+
+def drop_asserts(graph: fx.Graph, node: fx.Node) -> None:
+    """Erase the metadata asserts that read ``node``, so a rewrite can replace or erase it."""
+    for user in list(node.users):
+        if calls(user, ASSERT):
+            graph.erase_node(user)
