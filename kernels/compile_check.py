@@ -116,7 +116,7 @@ def recording(case: str, launches: list[Launch]):
         for m in saved_flags:
             m.hw_flag = lambda t: True
         common.pdl_flag = lambda t: common._HAVE_PDL and common.PDL["enabled"]  # as on sm_90
-        select._l2_bytes = lambda device: 50 << 20  # an H100's L2 (the select's K/V prefetch gate reads it)
+        select._l2_bytes = lambda device: _H100.L2_cache_size  # the select's K/V prefetch gate reads it
         attention.device_properties = lambda device: _H100  # the dense decode's stages fit its shared memory
         JITFunction.run = record
         yield triton

@@ -23,7 +23,7 @@ _LOG2E = 1.4426950408889634
 # Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
 CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64, "maxnreg": None}  # maxnreg: ptxas cap
 # Dense decoding (indices=None) streams the whole cache: its own geometry. Few programs, long pipelined streams:
-# within 1-3% of SDPA's flash-decoding at batch 1-8 and 8K-128K on H100 (examples/dense_decode_probe.py,
+# within 0.8% of SDPA's flash-decoding at batch 8 and 3.3% at batch 1, 8K-128K, on H100 (examples/dense_decode_probe.py,
 # docs/PERFORMANCE.md, session 13); stages drop where the GPU's shared memory cannot hold them.
 DENSE_CONFIG = {"block_n": 128, "warps": 4, "stages": 3, "programs": 66, "max_splits": 64}
 
