@@ -212,26 +212,26 @@ def stream_launches(words: torch.Tensor, blocks=(1024, 4096), iters=(1, 4, 16)) 
     return launches
 
 
-def _reads_probe():
-    """What the step's reads alone take: a plain gather of the selected K and V rows (the part of the memory
-    floor that copy bandwidth overstates: random 256-byte rows are not a stream), a plain stream of every key
-    code, and the two in sequence in one graph (``reads_ms``): the least any step takes that reads every code
-    and then the rows its codes select, as an exact top-k must."""
+def code_stream(codes: torch.Tensor) -> tuple[float, object]:
+    """(graph-timed ms, launch) of the fastest plain stream of every key code: their read alone, no scoring."""
+    return _fastest(stream_launches(codes.contiguous().view(torch.int32)))
 
-    def reads(codes: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) -> dict:
-        b, hkv, t, d = kc.shape
-        base = torch.arange(b * hkv, device=idx.device, dtype=torch.int64)[:, None] * t
-        flat = idx.reshape(b * hkv, idx.shape[-1]).to(torch.int64)
-        gather_ms, gather = _fastest(gather_launches(kc, vc, torch.where(flat >= 0, flat + base, -1).contiguous(), d, d))
-        stream_ms, stream = _fastest(stream_launches(codes.contiguous().view(torch.int32)))
 
-        def both():
-            stream()
-            gather()
+def step_reads(stream, kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) -> dict:
+    """What the step's reads alone take: ``gather_ms``, a plain gather of the selected K and V rows (the part of
+    the memory floor that copy bandwidth overstates: random 256-byte rows are not a stream), and ``reads_ms``,
+    the code ``stream`` (a :func:`code_stream` launch) then that gather in one graph: the least any step takes
+    that reads every code and then the rows its codes select, as an exact top-k must."""
+    b, hkv, t, d = kc.shape
+    base = torch.arange(b * hkv, device=idx.device, dtype=torch.int64)[:, None] * t
+    flat = idx.reshape(b * hkv, idx.shape[-1]).to(torch.int64)
+    gather_ms, gather = _fastest(gather_launches(kc, vc, torch.where(flat >= 0, flat + base, -1).contiguous(), d, d))
 
-        return {"gather_ms": gather_ms, "code_stream_ms": stream_ms, "reads_ms": _graph_bench(both)}
+    def both():
+        stream()
+        gather()
 
-    return reads
+    return {"gather_ms": gather_ms, "reads_ms": _graph_bench(both)}
 
 
 def _fits(b: int, hkv: int, t: int, d: int, dt_bytes: int) -> bool:
@@ -265,7 +265,7 @@ def decode_problem(b: int, t: int, hq: int = 32, hkv: int = 8, d: int = 128, r: 
     return q, kn, kc, vc, w, enc.hash_encode(kc, w), pos
 
 
-def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, reads=None) -> tuple[list[dict], float]:
+def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt) -> tuple[list[dict], float]:
     q, kn, kc, vc, w, codes, pos = decode_problem(b, t, hq, hkv, d, r, dt, seed=t + b)
     scale = 1 / math.sqrt(d)
     dense = lambda: torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=scale, enable_gqa=True)  # noqa: E731
@@ -280,6 +280,7 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, rea
     if own_err > 1e-2:
         raise RuntimeError(f"hatac dense decode disagrees with SDPA at B={b}, T={t}: rel. error {own_err:.2e}")
     own_dense_ms = _graph_bench(own)
+    stream_ms, stream = code_stream(codes)  # the same for every budget
     rows = []
     for budget in budgets:
         k = ref.topk_width(t, budget)
@@ -320,10 +321,10 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt, rea
             "dense_floor_ms": dense_bytes / bw * 1e3,
         }
         row["floor_fraction"] = row["floor_ms"] / total
-        if reads is not None:  # the step's reads alone: what the attention stage, and the step, could approach
-            row.update(reads(codes, kc, vc, idx))
-            row["attention_over_gather"] = stage["attention"] / row["gather_ms"]
-            row["reads_speedup"] = dense_ms / row["reads_ms"]
+        # the step's reads alone: what the attention stage, and the step, could approach
+        row.update(code_stream_ms=stream_ms, **step_reads(stream, kc, vc, idx))
+        row["attention_over_gather"] = stage["attention"] / row["gather_ms"]
+        row["reads_speedup"] = dense_ms / row["reads_ms"]
         if alt:
             row["select_torch_topk_ms"] = _graph_bench(lambda: _torch_topk_select(sel, qc, codes, pos, k))
         rows.append(row)
@@ -426,14 +427,13 @@ def run(
         raise RuntimeError(f"kernels disagree with the references: {checked}")
     bw = copy_bandwidth()
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
-    reads = _reads_probe()
     rows, skipped = [], []
     for b in batches:
         for t in contexts:
             if not _fits(b, hkv, t, head_dim, torch.finfo(dtype).bits // 8):
                 skipped.append({"batch": b, "context": t})
                 continue
-            new, _ = _one(b, t, budgets, hq, hkv, head_dim, rbits, dtype, bw, enc, sel, att, None, torch_topk, reads)
+            new, _ = _one(b, t, budgets, hq, hkv, head_dim, rbits, dtype, bw, enc, sel, att, None, torch_topk)
             rows += new
             for r in new:
                 log(

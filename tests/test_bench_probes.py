@@ -39,3 +39,34 @@ def test_gather_reads_the_selected_rows():
     for launch in bk.gather_launches(kc, vc, rows.contiguous(), d, d, programs=(3, 12), blocks=(4,)):
         launch()
         assert torch.allclose(launch.args[3].sum(), want, rtol=1e-4, atol=1e-3)
+
+
+def test_step_reads_times_the_stream_then_the_gather(monkeypatch):
+    """The plumbing of the reads columns, with each graph-timed call run once (no GPU here): the code stream is
+    picked once, the gather reads the rows ``idx`` selects (row numbers offset per (batch, KV head), -1
+    skipped), and ``reads_ms`` times one call that runs both."""
+    ran = []
+
+    def once(fn):
+        fn()
+        ran.append(fn)
+        return 1.0
+
+    monkeypatch.setattr(bk, "_graph_bench", once)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    b, hkv, t, d, k = 2, 2, 40, 16, 6
+    codes = torch.randint(-100, 100, (b, hkv, t, 4), dtype=torch.int32, generator=gen, device=DEVICE)
+    kc = torch.randn(b, hkv, t, d, generator=gen, device=DEVICE)
+    vc = torch.randn(b, hkv, t, d, generator=gen, device=DEVICE)
+    idx = torch.randint(0, t, (b, hkv, 1, k), dtype=torch.int32, generator=gen, device=DEVICE)
+    idx[0, 1, 0, -2:] = -1
+    ms, stream = bk.code_stream(codes)
+    assert ms == 1.0 and int(stream.args[1].sum()) == int(codes.sum())
+    ran.clear()
+    got = bk.step_reads(stream, kc, vc, idx)
+    assert got == {"gather_ms": 1.0, "reads_ms": 1.0} and len(ran) == 3  # two gather geometries, then both
+    keep = idx >= 0
+    want = sum(kc[bb, hh, idx[bb, hh, 0][keep[bb, hh, 0]]].sum() + vc[bb, hh, idx[bb, hh, 0][keep[bb, hh, 0]]].sum()
+               for bb in range(b) for hh in range(hkv))
+    for gather in ran[:2]:
+        assert torch.allclose(gather.args[3].sum(), want, rtol=1e-4, atol=1e-3)
