@@ -125,8 +125,9 @@ def rope_hash_encode_step_kv(
     k_codes: Tensor, write_pos: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """``hash_encode_step_kv`` of the query and key after their rotary embedding (rotate-half form, on the
-    first R dims of the head; cos, sin: (B, S, R)): returns ``(q_codes, rotated q)``. For decode graphs (hatac.passes.decode_rope.FuseRoPEEncode):
-    its CUDA body rotates, hashes and writes the caches in one launch. A runtime op, like ``hatac::linear``."""
+    first R dims of the head; cos, sin: (B, S, R)): returns ``(q_codes, rotated q)``. For decode graphs
+    (hatac.passes.decode_rope.FuseRoPEEncode): its CUDA body rotates, hashes and writes the caches in one
+    launch. A runtime op, like ``hatac::linear``."""
     return reference.rope_hash_encode_step_kv(q, k, v, cos, sin, w, k_cache, v_cache, k_codes, write_pos)
 
 
