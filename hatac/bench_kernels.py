@@ -152,10 +152,11 @@ def _fastest(launches) -> tuple[float, object]:
 
 
 def gather_launches(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor, row: int, d: int,
-                    programs=(512, 2048), blocks=(64,)) -> list:
+                    programs=(512, 2048), blocks=(64,), warps=(4,), stages=(None,)) -> list:
     """Launches of :func:`gather_kernel` reading the K and V rows numbered in ``rows`` ((n, k) int64, -1 =
     none; row r at ``k_rows`` / ``v_rows`` + r * ``row`` elements), one a launch geometry: about
-    ``programs`` programs, each gathering ``blocks`` rows a step."""
+    ``programs`` programs, each gathering ``blocks`` rows a step, with ``warps`` warps and ``stages``
+    pipeline stages (None: Triton's default)."""
     import triton
 
     gather = gather_kernel()
@@ -167,8 +168,11 @@ def gather_launches(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tens
             chunk = triton.cdiv(triton.cdiv(k, pieces), block) * block
             pieces = triton.cdiv(k, chunk)
             out = torch.empty(n * pieces, device=rows.device)
-            launches.append(functools.partial(gather[(n, pieces)], k_rows, v_rows, rows, out, k, chunk, row,
-                                              D=d, BLOCK_N=block, num_warps=4))
+            for nw in warps:
+                for st in stages:
+                    launches.append(functools.partial(gather[(n, pieces)], k_rows, v_rows, rows, out, k, chunk, row,
+                                                      D=d, BLOCK_N=block, num_warps=nw,
+                                                      **({} if st is None else {"num_stages": st})))
     return launches
 
 
@@ -197,7 +201,7 @@ def stream_kernel():
     return _stream_sum
 
 
-def stream_launches(words: torch.Tensor, blocks=(1024, 4096), iters=(1, 4, 16)) -> list:
+def stream_launches(words: torch.Tensor, blocks=(1024, 4096), iters=(1, 4, 16), warps=(4,)) -> list:
     """Launches of :func:`stream_kernel` over ``words`` (a contiguous int32 tensor), one a geometry."""
     import triton
 
@@ -208,7 +212,8 @@ def stream_launches(words: torch.Tensor, blocks=(1024, 4096), iters=(1, 4, 16)) 
         for it in iters:
             grid = triton.cdiv(n, block * it)
             out = torch.empty(grid, device=words.device, dtype=torch.int32)
-            launches.append(functools.partial(stream[(grid,)], words, out, n, BLOCK=block, ITERS=it, num_warps=4))
+            for nw in warps:
+                launches.append(functools.partial(stream[(grid,)], words, out, n, BLOCK=block, ITERS=it, num_warps=nw))
     return launches
 
 

@@ -72,6 +72,11 @@ CONFIG = {
     # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
+    # With select_warps None, one-warp programs whose split spans at least this many blocks take blocks twice
+    # as long and two warps instead (0: never). H100, B8/128K/2048 (4 blocks a split): the write pass 22.3 ->
+    # 19.9 us, the step -1.4 us with the hint hitting, -7 us with it off; at 32K (1.5 blocks) the wide blocks
+    # cost 1.8-2.3 us with hits, so the rule keeps them to long splits (docs/PERFORMANCE.md, session 14).
+    "select_wide_blocks": 4,
     # Write pass: load the first block of keys before working out the threshold, when a split has at most this
     # many blocks (H100: -1 to -1.5 us at 1.5 blocks, even at 2.5, +1 us at 4.5; docs/PERFORMANCE.md). 0: never.
     "write_prefetch_blocks": 2,
@@ -404,6 +409,24 @@ def _splits(n_rows: int, t: int, block_t: int, programs: int, max_splits: int) -
     return triton.cdiv(t, chunk), chunk
 
 
+def select_geometry(n_rows: int, chunk: int, block_t: int) -> tuple[int, int]:
+    """(slots a block, warps a program) of the fine and write passes over splits of ``chunk`` slots.
+
+    One warp a program when there are many rows (no cross-warp barriers in the histograms and prefix sums),
+    four when few rows must fill the GPU from fewer programs. A one-warp program walks its split's blocks one
+    after the other, each behind a load of its keys (ncu, B8/128K: half the write pass's stalls wait on them),
+    so long splits (``CONFIG["select_wide_blocks"]`` blocks or more) take blocks twice as long on two warps:
+    half the chain a program, the same registers a thread."""
+    if CONFIG["select_warps"]:
+        return block_t, CONFIG["select_warps"]
+    if n_rows < 32:
+        return block_t, 4
+    wide = CONFIG["select_wide_blocks"]
+    if wide and chunk >= wide * block_t:
+        return 2 * block_t, 2
+    return block_t, 1
+
+
 def _block_t(codes: torch.Tensor) -> int:
     return CONFIG["score_block_t"] if hw_flag(codes) else INTERP_BLOCKS["score"]
 
@@ -567,13 +590,15 @@ def hamming_topk(
     n_rows = b * hkv * s
     hint = selection_hint(k_codes, n_rows) if (CONFIG["hint"] and s == 1) else None
     keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint)
-    block_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
+    base_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
     if hint is not None:  # the scoring pass's splits: its fine histograms are per split
         n_splits, chunk = n_splits1, chunk1
     else:
+        n_splits, chunk = _splits(n_rows, t, base_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+    block_t, warps = select_geometry(n_rows, chunk, base_t)
+    if hint is None and block_t != base_t:  # doubled blocks: splits of whole ones (H100 B8/128K hint off: -7 us)
         n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
     nsp = next_pow2(n_splits)
-    warps = CONFIG["select_warps"] or (1 if n_rows >= 32 else 4)
     dev = q_codes.device
     if hist2 is None:
         hist2 = torch.empty((n_rows, n_splits, p["NFB"]), dtype=torch.int32, device=dev)

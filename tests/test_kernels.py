@@ -289,6 +289,55 @@ def test_hamming_topk_long_splits_interp(monkeypatch):
     _check_topk("cpu", 2, 2, 4, 1, 330, 4, 24, 0.06, 1, 3, 0, seed=15)
 
 
+def test_select_geometry_rule(monkeypatch):
+    """The fine and write passes: one warp a program for many rows, four for few; one-warp programs over
+    splits of at least ``select_wide_blocks`` blocks take blocks twice as long on two warps."""
+    mod = K["hamming_topk"]
+    assert mod.select_geometry(64, 4608, 1024) == (2048, 2)  # B8/128K + spare: 4.5 blocks a split
+    assert mod.select_geometry(64, 4096, 1024) == (2048, 2)
+    assert mod.select_geometry(64, 3072, 1024) == (1024, 1)
+    assert mod.select_geometry(64, 1536, 1024) == (1024, 1)  # B8/32K + spare
+    assert mod.select_geometry(8, 16384, 1024) == (1024, 4)  # few rows
+    monkeypatch.setitem(mod.CONFIG, "select_wide_blocks", 0)
+    assert mod.select_geometry(64, 4608, 1024) == (1024, 1)
+    monkeypatch.setitem(mod.CONFIG, "select_wide_blocks", 4)
+    monkeypatch.setitem(mod.CONFIG, "select_warps", 2)
+    assert mod.select_geometry(64, 4608, 1024) == (1024, 2)  # a fixed warp count keeps the block too
+
+
+@interp
+def test_hamming_topk_wide_blocks_interp(monkeypatch):
+    """Many rows over long splits: the fine and write passes run the doubled blocks (hint on and off)."""
+    mod = K["hamming_topk"]
+    for name in ("programs", "select_programs"):
+        monkeypatch.setitem(mod.CONFIG, name, 64)
+    n_rows, t = 2 * 16, 1100
+    chunk = mod._splits(n_rows, t, mod.INTERP_BLOCKS["score"], 64, 64)[1]
+    assert mod.select_geometry(n_rows, chunk, mod.INTERP_BLOCKS["select"])[1] == 2
+    _check_topk("cpu", 2, 16, 2, 1, t, 2, 40, 0.03, 1, 2, 0, seed=21)
+    _check_topk("cpu", 2, 16, 2, 1, t, 2, 40, 0.03, 1, 2, 0, seed=22, distinct=3)
+    monkeypatch.setitem(mod.CONFIG, "hint", False)
+    _check_topk("cpu", 2, 16, 2, 1, t, 2, 40, 0.03, 1, 2, 0, seed=23)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
+def test_hamming_topk_wide_blocks_gpu(monkeypatch):
+    """The doubled two-warp blocks compiled: 32 rows over splits of 5 blocks, hint on (twice: the second call
+    hits) and off, with ties."""
+    mod = K["hamming_topk"]
+    for name in ("programs", "select_programs"):
+        monkeypatch.setitem(mod.CONFIG, name, 256)
+    n_rows, t = 4 * 8, 40000
+    chunk = mod._splits(n_rows, t, mod.CONFIG["score_block_t"], mod.CONFIG["programs"], mod.CONFIG["max_splits"])[1]
+    assert mod.select_geometry(n_rows, chunk, mod.CONFIG["select_block_t"]) == (2 * mod.CONFIG["select_block_t"], 2)
+    pos = torch.tensor([[t - 1], [t // 2], [t - 3000], [700]])
+    for seed, distinct in ((0, None), (0, None), (3, 5)):
+        _check_topk("cuda", 4, 8, 4, 1, t, 4, 640, 1 / 64, 4, 16, 0, seed=seed, distinct=distinct, pos=pos)
+    monkeypatch.setitem(mod.CONFIG, "hint", False)
+    _check_topk("cuda", 4, 8, 4, 1, t, 4, 640, 1 / 64, 4, 16, 0, seed=4, pos=pos)
+
+
 @pytest.mark.parametrize("rounding", ["up", "down"])
 def test_select_split_geometry(monkeypatch, rounding):
     """Splits are whole blocks that cover the cache, never more than the cap; rounding down keeps the planned
