@@ -598,6 +598,9 @@ def hamming_topk(
     block_t, warps = select_geometry(n_rows, chunk, base_t)
     if hint is None and block_t != base_t:  # doubled blocks: splits of whole ones (H100 B8/128K hint off: -7 us)
         n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+    # With the hint the fine pass mostly skips its scan: its programs keep one warp (two made a hit's fine pass
+    # 1.7 us slower at B8/128K), and its blocks, which only matter on a miss, stay the narrow ones.
+    fine_t, fine_warps = select_geometry(n_rows, 0, base_t) if hint is not None else (block_t, warps)
     nsp = next_pow2(n_splits)
     dev = q_codes.device
     if hist2 is None:
@@ -611,8 +614,8 @@ def hamming_topk(
     hint_arg = cb if hint is None else hint
     _fine_kernel[grid](
         q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
-        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], HNFB=hnfb, NSP1=next_pow2(n_splits1), BLOCK_T=block_t,
-        HINT=hint is not None, WINDOW=CONFIG["hint_window"], num_warps=warps, **pdl_args(q_codes),
+        IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], HNFB=hnfb, NSP1=next_pow2(n_splits1), BLOCK_T=fine_t,
+        HINT=hint is not None, WINDOW=CONFIG["hint_window"], num_warps=fine_warps, **pdl_args(q_codes),
         **reg_cap(CONFIG["select_maxnreg"]),
     )
     kv_pf = _kv_prefetch_rows(q_codes, k_cache, v_cache, n_rows * k)
