@@ -197,6 +197,12 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
     return launches
 
 
+def wide_select_launches() -> list[Launch]:
+    """The fine and write launches of B8/128K, where the write pass takes doubled blocks on two warps
+    (``hamming_topk.select_geometry``)."""
+    return [x for x in decode_launches(t=131072) if x.kernel.fn.__name__ in ("_fine_kernel", "_write_kernel")]
+
+
 def prefill_launches(b: int = 1, hq: int = 32, hkv: int = 8, d: int = 128, r: int = 128, s: int = 512, dtype=torch.bfloat16) -> list[Launch]:
     import hatac.kernels  # noqa: F401
 
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200)")
     args = ap.parse_args(argv)
     launches = decode_launches() + decode_launches(b=1, t=131072) + decode_launches(b=4, hq=9, hkv=3, d=64, r=256, t=4096, dtype=torch.float16)
-    launches += prefill_launches() + prefill_launches(d=64, hq=9, hkv=3, dtype=torch.float32)
+    launches += wide_select_launches() + prefill_launches() + prefill_launches(d=64, hq=9, hkv=3, dtype=torch.float32)
     results = [compile_launch(x, args.arch) for x in launches]
     for res in results:
         print(res.line(), flush=True)

@@ -26,7 +26,7 @@ def test_every_kernel_compiles_for_sm90():
         "import sys, torch\n"
         "from hatac.kernels import compile_check as cc\n"
         "launches = cc.decode_launches(b=2, t=4096) + cc.decode_launches(b=1, hq=9, hkv=3, d=64, r=256, t=2048, dtype=torch.float16)\n"
-        "launches += cc.prefill_launches(s=256)\n"
+        "launches += cc.prefill_launches(s=256) + cc.wide_select_launches()\n"
         "results = [cc.compile_launch(x) for x in launches]\n"
         "print('\\n'.join(r.line() for r in results))\n"
         "sys.exit(0 if all(r.ok for r in results) else 1)\n"
@@ -36,3 +36,4 @@ def test_every_kernel_compiles_for_sm90():
     kernels = {line.split()[-9] for line in proc.stdout.splitlines() if "regs" in line}
     assert {"_encode_step_kernel", "_score_kernel", "_fine_kernel", "_write_kernel",
             "_attn_split_kernel", "_cache_write_kernel", "_encode_kernel", "_cache_attention_kernel"} <= kernels, proc.stdout  # fmt: skip
+    assert any("_write_kernel" in line and "warps  2" in line for line in proc.stdout.splitlines()), proc.stdout  # the wide write pass
