@@ -13,7 +13,6 @@ are bytes read over graph-timed median time (one graph launch included, as in th
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -80,14 +79,7 @@ def run(batch: int, contexts, budgets, out: Path | None) -> list[dict]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--contexts", type=int, nargs="+", default=[32768, 131072])
-    p.add_argument("--budgets", type=float, nargs="+", default=[1 / 32, 1 / 64])
-    p.add_argument("-o", "--out", type=Path, default=None)
-    a = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("read_rate_probe needs a CUDA GPU")
+    a = bk.probe_args(__doc__, argv)
     run(a.batch, a.contexts, a.budgets, a.out)
 
 

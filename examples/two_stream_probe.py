@@ -22,7 +22,6 @@ The outputs are checked against ``one`` (selection equal, attention within bf16 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -168,14 +167,7 @@ def run(batch: int, contexts, budgets, out: Path | None) -> list[dict]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--contexts", type=int, nargs="+", default=[32768, 131072])
-    p.add_argument("--budgets", type=float, nargs="+", default=[1 / 32, 1 / 64])
-    p.add_argument("-o", "--out", type=Path, default=None)
-    a = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("two_stream_probe needs a CUDA GPU")
+    a = bk.probe_args(__doc__, argv)
     if a.batch < 2 or a.batch % 2:
         raise SystemExit("--batch must be even and at least 2")
     run(a.batch, a.contexts, a.budgets, a.out)

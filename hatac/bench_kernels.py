@@ -239,6 +239,22 @@ def step_reads(stream, kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) ->
     return {"gather_ms": gather_ms, "reads_ms": _graph_bench(both)}
 
 
+def probe_args(doc: str, argv=None):
+    """The arguments the step probes in examples/ share (--batch, --contexts, --budgets, -o), parsed; the
+    first line of ``doc`` describes the script. Exits with a one-line error without a CUDA GPU."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--contexts", type=int, nargs="+", default=[32768, 131072])
+    p.add_argument("--budgets", type=float, nargs="+", default=[1 / 32, 1 / 64])
+    p.add_argument("-o", "--out", type=Path, default=None, help="folder for the JSON results")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{p.prog} needs a CUDA GPU")
+    return args
+
+
 def _fits(b: int, hkv: int, t: int, d: int, dt_bytes: int) -> bool:
     free, _ = torch.cuda.mem_get_info()
     need = 2 * b * hkv * t * d * dt_bytes * 1.2 + (256 << 20)
