@@ -307,7 +307,9 @@ def _write_kernel(
     spm = sp < n_splits
     cb = tl.load(cb_ptr + row * 2)
     off = tl.load(cb_ptr + row * 2 + 1)
-    h2 = tl.load(hist2_ptr + (row.to(tl.int64) * n_splits + sp[:, None]) * HNFB + off + fb[None, :], mask=spm[:, None], other=0)
+    # off is 0 or NFB (which of the scoring pass's two hinted bins): said so, the loads are 16-byte vectors
+    h2 = tl.load(hist2_ptr + (row.to(tl.int64) * n_splits + sp[:, None]) * HNFB + tl.multiple_of(off, NFB) + fb[None, :],
+                 mask=spm[:, None], other=0)
     less_sp = tl.load(less_ptr + row * n_splits + sp, mask=spm, other=0)
     tot = tl.sum(h2, axis=0)
     need_f = n_sel - tl.sum(less_sp, axis=0)
