@@ -72,35 +72,25 @@ def run(batch: int, contexts, budgets, out: Path | None) -> list[dict]:
                 return [part(sl, tag, qc) for sl, tag in halves]
 
             def two(skew: bool):
-                def fn():
+                def fn():  # fork after the encode (skewed: after the first half's select too)
                     main = torch.cuda.current_stream()
                     qc = enc.hash_encode_step(q, kn, w, codes, pos)
                     (sa, ta), (sb, tb) = halves
-                    with _attention_counters(att, ta):
-                        idx_a = sel.hamming_topk(qc[sa], codes[sa], pos[sa], k, budget, k_cache=kc[sa], v_cache=vc[sa])
-                    side.wait_stream(main)  # after the encode and the first half's select
-                    with torch.cuda.stream(side):
-                        res_b = part(sb, tb, qc)
-                    with _attention_counters(att, ta):
-                        out_a = att.sparse_attention(q[sa], kc[sa], vc[sa], idx_a, scale)
-                    main.wait_stream(side)
-                    return [(idx_a, out_a), res_b]
-
-                if skew:
-                    return fn
-
-                def fn_unskewed():  # fork right after the encode
-                    main = torch.cuda.current_stream()
-                    qc = enc.hash_encode_step(q, kn, w, codes, pos)
-                    (sa, ta), (sb, tb) = halves
+                    if skew:
+                        with _attention_counters(att, ta):
+                            idx_a = sel.hamming_topk(qc[sa], codes[sa], pos[sa], k, budget, k_cache=kc[sa], v_cache=vc[sa])
                     side.wait_stream(main)
                     with torch.cuda.stream(side):
                         res_b = part(sb, tb, qc)
-                    res_a = part(sa, ta, qc)
+                    if skew:
+                        with _attention_counters(att, ta):
+                            res_a = idx_a, att.sparse_attention(q[sa], kc[sa], vc[sa], idx_a, scale)
+                    else:
+                        res_a = part(sa, ta, qc)
                     main.wait_stream(side)
                     return [res_a, res_b]
 
-                return fn_unskewed
+                return fn
 
             # correctness against the one-stream step (each variant from the same codes: the encode rewrites
             # the new key's code at the same position, so every call sees the same cache)

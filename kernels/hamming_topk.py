@@ -73,9 +73,9 @@ CONFIG = {
     # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
     "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
     # With select_warps None, one-warp programs whose split spans at least this many blocks take blocks twice
-    # as long and two warps instead (0: never). H100, B8/128K/2048 (4 blocks a split): the write pass 22.3 ->
-    # 19.9 us, the step -1.4 us with the hint hitting, -7 us with it off; at 32K (1.5 blocks) the wide blocks
-    # cost 1.8-2.3 us with hits, so the rule keeps them to long splits (docs/PERFORMANCE.md, session 14).
+    # as long and two warps instead (0: never). H100, B8/128K/2048 (4.5 blocks a split): the write kernel 22.4 ->
+    # 19.8 us, the step 128.8 -> 125.7 us with the hint hitting, 147.6 -> 140.9 with it off; at 32K (1.5 blocks)
+    # wide blocks cost 1.8-2.3 us with hits, so the rule keeps them to long splits (docs/PERFORMANCE.md, session 14).
     "select_wide_blocks": 4,
     # Write pass: load the first block of keys before working out the threshold, when a split has at most this
     # many blocks (H100: -1 to -1.5 us at 1.5 blocks, even at 2.5, +1 us at 4.5; docs/PERFORMANCE.md). 0: never.
