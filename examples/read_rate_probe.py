@@ -50,8 +50,7 @@ def run(batch: int, contexts, budgets, out: Path | None) -> list[dict]:
         for budget in budgets:
             k = ref.topk_width(t, budget)
             qc = enc.hash_encode_step(q, kn, w, codes, pos)
-            idx = sel.hamming_topk(qc, codes, pos, k, budget).reshape(b * hkv, k).to(torch.int64)
-            picked = torch.where(idx >= 0, idx + base, -1).contiguous()
+            picked = bk.selected_rows(sel.hamming_topk(qc, codes, pos, k, budget), t)
             first = (torch.arange(k, device=kc.device, dtype=torch.int64)[None, :] + base).contiguous()
             row_bytes = 2 * b * hkv * k * d * kc.element_size()
             g_bench = bk.time_gather(kc, vc, picked, d, d)

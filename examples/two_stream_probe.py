@@ -108,16 +108,11 @@ def run(batch: int, contexts, budgets, out: Path | None) -> list[dict]:
                     raise SystemExit(f"{name}: attention rel. error {err:.2e} at T={t}, k={k}")
 
             # the reads probes, whole batch and in skewed halves
-            hkv = kc.shape[1]
             _, stream_full = bk._fastest(stream_launches_full)
+            d = kc.shape[3]
 
             def gather_for(sl, idx_part):
-                kcs, vcs = kc[sl], vc[sl]
-                b_, _, t_, d_ = kcs.shape
-                base = torch.arange(b_ * hkv, device=idx_part.device, dtype=torch.int64)[:, None] * t_
-                flat = idx_part.reshape(b_ * hkv, -1).to(torch.int64)
-                launches = bk.gather_launches(kcs, vcs, torch.where(flat >= 0, flat + base, -1).contiguous(), d_, d_)
-                return bk._fastest(launches)[1]
+                return bk._fastest(bk.gather_launches(kc[sl], vc[sl], bk.selected_rows(idx_part, t), d, d))[1]
 
             reads1 = bk.step_reads(stream_full, kc, vc, idx_ref)["reads_ms"]
             streams_h = [bk._fastest(bk.stream_launches(codes[sl].contiguous().view(torch.int32)))[1] for sl, _ in halves]

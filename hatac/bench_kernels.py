@@ -222,15 +222,21 @@ def code_stream(codes: torch.Tensor) -> tuple[float, object]:
     return _fastest(stream_launches(codes.contiguous().view(torch.int32)))
 
 
+def selected_rows(idx: torch.Tensor, t: int) -> torch.Tensor:
+    """The cache rows a selection ``idx`` ((B, Hkv, 1, k) slots, -1 padded) reads, numbered across a
+    (B, Hkv, t, D) cache: (B * Hkv, k) int64, -1 kept; what :func:`gather_launches` takes."""
+    flat = idx.reshape(-1, idx.shape[-1]).to(torch.int64)
+    base = torch.arange(flat.shape[0], device=idx.device, dtype=torch.int64)[:, None] * t
+    return torch.where(flat >= 0, flat + base, -1).contiguous()
+
+
 def step_reads(stream, kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) -> dict:
     """What the step's reads alone take: ``gather_ms``, a plain gather of the selected K and V rows (the part of
     the memory floor that copy bandwidth overstates: random 256-byte rows are not a stream), and ``reads_ms``,
     the code ``stream`` (a :func:`code_stream` launch) then that gather in one graph: the least any step takes
     that reads every code and then the rows its codes select, as an exact top-k must."""
-    b, hkv, t, d = kc.shape
-    base = torch.arange(b * hkv, device=idx.device, dtype=torch.int64)[:, None] * t
-    flat = idx.reshape(b * hkv, idx.shape[-1]).to(torch.int64)
-    gather_ms, gather = _fastest(gather_launches(kc, vc, torch.where(flat >= 0, flat + base, -1).contiguous(), d, d))
+    t, d = kc.shape[2], kc.shape[3]
+    gather_ms, gather = _fastest(gather_launches(kc, vc, selected_rows(idx, t), d, d))
 
     def both():
         stream()

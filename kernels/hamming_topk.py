@@ -107,6 +107,12 @@ def _row_coords(row, S, Hkv):
 
 
 @triton.jit
+def _in_window(lo_bin, cb, WINDOW: tl.constexpr):
+    """Whether coarse bin ``cb`` is in the hint's window of WINDOW bins from ``lo_bin`` (-1: no window yet)."""
+    return (lo_bin >= 0) & (cb >= lo_bin) & (cb < lo_bin + WINDOW)
+
+
+@triton.jit
 def _ripple_add(p0, p1, p2, p3, p4, p5, p6, p7, x):
     """Add the bits of word ``x`` into the bit-sliced counter p0..p7 (p0 least significant) by ripple carry."""
     p0, x = p0 ^ x, p0 & x
@@ -238,7 +244,7 @@ def _fine_kernel(
     cb = tl.sum((cum < n_sel).to(tl.int32), axis=0)  # the coarse bin holding the n_sel-th smallest key
     if HINT:  # the scoring pass histogrammed the bins lo and lo + 1: a hit when cb is one of them
         lo_bin = tl.load(hint_ptr + row * 3)
-        hit = (lo_bin >= 0) & (cb >= lo_bin) & (cb < lo_bin + WINDOW)
+        hit = _in_window(lo_bin, cb, WINDOW)
         off = tl.where(hit, (cb - lo_bin) * NFB, 0)  # where cb's fine histogram starts in a split's HNFB bins
     else:
         hit = row < 0  # never
@@ -365,8 +371,7 @@ def _write_kernel(
         out_pos += (blk & 65535) + tl.minimum(blk >> 16, quota)
         eq_seen += blk >> 16
     if HINT and split == 0:  # the bins for the next step's scoring pass; count this call and whether it hit
-        lo_old = tl.load(hint_ptr + row * 3)
-        hit = (lo_old >= 0) & (cb >= lo_old) & (cb < lo_old + WINDOW)
+        hit = _in_window(tl.load(hint_ptr + row * 3), cb, WINDOW)
         tl.store(hint_ptr + row * 3 + 1, tl.load(hint_ptr + row * 3 + 1) + hit.to(tl.int32))
         tl.store(hint_ptr + row * 3 + 2, tl.load(hint_ptr + row * 3 + 2) + 1)
         # cb and its neighbour on the side of the threshold within it, where a small move would take it

@@ -227,7 +227,7 @@ def hash_encode_step(
     """Triton body of ``hatac::hash_encode_step``: one launch encodes the query heads and the new keys,
     writing the keys' codes into ``k_codes`` at ``write_pos``; returns the query codes. With ``v``,
     ``k_cache`` and ``v_cache`` it also writes the new key and value rows into those caches (the body of
-    ``hatac::hash_encode_step_kv``); with ``cos``, ``sin`` ((B, S, D)) and ``q_rot`` too, it first rotates
+    ``hatac::hash_encode_step_kv``); with ``cos``, ``sin`` ((B, S, R), R even and at most D) and ``q_rot`` too, it first rotates
     q and k (rotary embedding), stores the rotated q in ``q_rot`` and writes the rotated key (the body of
     ``hatac::rope_hash_encode_step_kv``)."""
     b, hq, s, d = q.shape
