@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-import hatac.kernels  # noqa: F401
+import hatac.kernels.registry  # noqa: F401
 from hatac import reference as ref
 from hatac.bench_kernels import _graph_bench, decode_problem
 from l2_prefetch_probe import bulk_prefetch  # examples/, on the path when run as a script

@@ -22,7 +22,7 @@ from unittest import mock
 
 import torch
 
-import hatac.kernels  # noqa: F401
+import hatac.kernels.registry  # noqa: F401
 from hatac.bench_kernels import _graph_bench
 
 ATT = sys.modules["hatac.kernels.sparse_attention"]

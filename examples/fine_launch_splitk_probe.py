@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-import hatac.kernels  # noqa: F401  (registers the ops, loads the kernel modules)
+import hatac.kernels.registry  # noqa: F401  (registers the ops, loads the kernel modules)
 from hatac.bench_kernels import _graph_bench, decode_problem
 from hatac import reference as ref
 ENC = sys.modules["hatac.kernels.hash_encode"]

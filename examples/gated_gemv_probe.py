@@ -14,7 +14,7 @@ import argparse
 import torch
 import triton
 
-import hatac.kernels  # noqa: F401
+import hatac.kernels.registry  # noqa: F401
 from hatac import reference
 from hatac.kernels.linear import _gemv_kernel, linear
 from gemv_persistent_probe import _silu_mul  # examples/, on the path when run as a script

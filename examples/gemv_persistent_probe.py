@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-import hatac.kernels  # noqa: F401
+import hatac.kernels.registry  # noqa: F401
 from hatac.kernels._common import grid_sync, l2_prefetch
 from hatac.kernels.linear import _gemv_kernel, linear
 from gemv_splitk_probe import evicted_timer  # examples/, on the path when run as a script

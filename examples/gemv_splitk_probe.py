@@ -76,7 +76,7 @@ def main() -> None:
     timed = evicted_timer()
     cnt = torch.zeros(1 << 16, device="cuda", dtype=torch.int32)
     if args.shipped:
-        import hatac.kernels  # noqa: F401
+        import hatac.kernels.registry  # noqa: F401
         from hatac.kernels.linear import CONFIG, linear
 
         print(f"hatac::linear {CONFIG}")

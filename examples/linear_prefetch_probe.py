@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-import hatac.kernels  # noqa: F401
+import hatac.kernels.registry  # noqa: F401
 from hatac import reference as ref
 from hatac.bench_kernels import _graph_bench, decode_problem
 from hatac.kernels.cache_attention import cache_attention

@@ -20,7 +20,7 @@ from unittest import mock
 
 import torch
 
-import hatac.kernels  # noqa: F401
+import hatac.kernels.registry  # noqa: F401
 from hatac import reference as ref
 from hatac.bench_kernels import _graph_bench, decode_problem
 

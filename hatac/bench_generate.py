@@ -104,7 +104,7 @@ def time_steps(step, tok: torch.Tensor, steps: int) -> tuple[float, torch.Tensor
 
 
 def _hint_stats(reset: bool) -> dict:
-    import hatac.kernels  # noqa: F401  (the CUDA bodies)
+    import hatac.kernels.registry  # noqa: F401  (the CUDA bodies)
     from hatac.kernels.hamming_topk import hint_stats
 
     return hint_stats("cuda", reset=reset)
@@ -120,7 +120,7 @@ def prefill(hm, batch: int, ctx: int, capacity: int, vocab: int) -> tuple[object
     cache = hm.new_cache(capacity=capacity, static=True)
     t0 = time.perf_counter()
     with torch.no_grad():
-        logits = hm(ids, past_key_values=cache, logits_to_keep=1).logits
+        logits = hm(ids, cache=cache, logits_to_keep=1).logits
     torch.cuda.synchronize()
     return cache, logits, time.perf_counter() - t0
 

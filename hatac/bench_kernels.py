@@ -35,7 +35,7 @@ DEVICE = "cuda"  # tests of this module's logic swap in "cpu" (with Triton's int
 
 
 def _kernels():
-    import hatac.kernels  # noqa: F401  (registers the CUDA bodies)
+    import hatac.kernels.registry  # noqa: F401  (registers the CUDA bodies)
 
     mods = sys.modules
     return (

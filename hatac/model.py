@@ -9,6 +9,8 @@ single tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.fx as fx
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
@@ -22,6 +24,11 @@ from hatac.graphs import HataGraphs
 from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
 
 PREFILL, DECODE = "prefill", "decode"
+
+# The name transformers gives the cache in generate(), forward() and model outputs: ``past_key_values``
+# up to 5.23, ``cache`` from 5.24 on (the old name then goes through a deprecation shim that warns). Read
+# from the output class, so every version the pyproject accepts gets its own name and no warning.
+CACHE_KWARG = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 def step_positions(lengths: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,19 +157,26 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: HataCache | None = None,
+        cache: HataCache | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         hata_mode: str | None = None,
+        past_key_values: HataCache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """Logits for ``input_ids``; the cache (``cache=``, or ``past_key_values=`` as transformers before
+        5.24 names it) is advanced in place and returned in the output. Without one, a fresh cache is used."""
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError("hatac models take input_ids, not inputs_embeds")
-        cache = past_key_values if isinstance(past_key_values, HataCache) else self.new_cache()
+        cache = _pick_cache(cache, past_key_values)
+        if not isinstance(cache, HataCache):
+            cache = self.new_cache()
         logits = self.step(cache, input_ids, attention_mask, hata_mode, logits_to_keep)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(logits=logits, **{CACHE_KWARG: cache})
 
     def generate(self, *args, **kwargs):
-        if kwargs.get("past_key_values") is None:
+        """transformers' ``generate()`` with a :class:`HataCache` (a static one, sized for the request, on CUDA)."""
+        cache = _pick_cache(kwargs.pop("cache", None), kwargs.pop("past_key_values", None))
+        if cache is None:
             static = self.device.type == "cuda" and self.static_decode
             capacity = 0
             if static:
@@ -173,7 +187,8 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
                     max_new = max(1, (kwargs.get("max_length") or gc.max_length) - ids.shape[1])
                 capacity = ids.shape[1] + max_new
                 capacity = -(-capacity // self.capacity_bucket) * self.capacity_bucket
-            kwargs["past_key_values"] = self.new_cache(capacity=capacity, static=static)
+            cache = self.new_cache(capacity=capacity, static=static)
+        kwargs[CACHE_KWARG] = cache
         return super().generate(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
@@ -192,3 +207,10 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
 
     def get_input_embeddings(self):
         return self.hf_model.get_input_embeddings()
+
+
+def _pick_cache(cache, past_key_values):
+    """The one cache passed under either name (both at once is an error, as in transformers)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the cache once: cache= or past_key_values=, not both")
+    return cache if cache is not None else past_key_values

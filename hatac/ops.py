@@ -207,7 +207,7 @@ def _load_gpu_kernels() -> None:
     if not torch.cuda.is_available():
         return
     try:
-        import hatac.kernels  # noqa: F401  (registers on import)
+        import hatac.kernels.registry  # noqa: F401  (registers on import)
     except ImportError:  # no triton: the reference runs on CUDA tensors too
         pass
 

@@ -87,7 +87,7 @@ def recording(case: str, launches: list[Launch]):
     import triton
     from triton.runtime.jit import JITFunction
 
-    import hatac.kernels  # noqa: F401
+    import hatac.kernels.registry  # noqa: F401
 
     mods = [sys.modules[f"hatac.kernels.{m}"] for m in _MODULES] + [sys.modules["hatac.kernels._common"]]
     common = sys.modules["hatac.kernels._common"]
@@ -167,7 +167,7 @@ def decode_launches(b: int = 8, hq: int = 32, hkv: int = 8, d: int = 128, r: int
                     dtype=torch.bfloat16) -> list[Launch]:  # fmt: skip
     """The launches of one hatac decode step (and the dense decode) at one shape, recorded on CPU tensors.
     The caches are expanded views, so a long context costs no memory."""
-    import hatac.kernels  # noqa: F401
+    import hatac.kernels.registry  # noqa: F401
 
     k = {m: sys.modules[f"hatac.kernels.{m}"] for m in _MODULES}
     launches: list[Launch] = []
@@ -204,7 +204,7 @@ def wide_select_launches() -> list[Launch]:
 
 
 def prefill_launches(b: int = 1, hq: int = 32, hkv: int = 8, d: int = 128, r: int = 128, s: int = 512, dtype=torch.bfloat16) -> list[Launch]:
-    import hatac.kernels  # noqa: F401
+    import hatac.kernels.registry  # noqa: F401
 
     k = {m: sys.modules[f"hatac.kernels.{m}"] for m in _MODULES}
     launches: list[Launch] = []

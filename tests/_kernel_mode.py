@@ -23,7 +23,7 @@ gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA or INTERPRET, reason="needs 
 def kernel_module(name: str, kernel: str):
     """``hatac.kernels.<name>``, re-imported for the interpreter if something imported it compiled first
     (its ``kernel`` is then not an interpreted function)."""
-    import hatac.kernels  # noqa: F401
+    import hatac.kernels.registry  # noqa: F401
 
     mod = sys.modules[f"hatac.kernels.{name}"]
     if INTERPRET:

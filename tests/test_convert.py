@@ -1,5 +1,7 @@
 """Conversion and decoding on tiny random-weight models of several architectures."""
 
+import warnings
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -44,6 +46,44 @@ def test_architecture_full_budget_equals_dense_and_padding(arch):
     assert torch.equal(ours, dense)
     alone = hm.generate(ids[1:, 4:], **kw)
     assert torch.equal(ours[1, 4:], alone[0])
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values", None])
+def test_generate_carries_its_cache_through_every_step_without_warnings(llama, name):
+    """generate() hands the same HataCache to every decode step under the name this transformers version
+    uses (``cache`` from 5.24, ``past_key_values`` before), whether the caller passes one under either
+    name or none; greedy tokens equal the dense model's at full budget; no deprecation warning."""
+    model, hm = llama
+    from hatac.model import CACHE_KWARG
+
+    ids = torch.randint(3, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    kw = dict(max_new_tokens=7, do_sample=False, pad_token_id=0)
+    cache = hm.new_cache()
+    seen = []
+    hook = hm.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get(CACHE_KWARG)), with_kwargs=True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = hm.generate(ids, **kw, **({name: cache} if name else {}))
+    finally:
+        hook.remove()
+    assert torch.equal(out, model.generate(ids, **kw))
+    assert len(seen) == 7 and all(c is seen[0] for c in seen) and seen[0] is not None
+    if name:
+        assert seen[0] is cache and cache.get_seq_length() == 9 + 7 - 1
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning)) and "past_key_values" in str(w.message)]
+
+
+def test_forward_takes_the_cache_under_either_name_once(llama):
+    model, hm = llama
+    ids = torch.randint(3, model.config.vocab_size, (1, 6))
+    a, b = hm.new_cache(), hm.new_cache()
+    out_a = hm(ids, cache=a).logits
+    out_b = hm(ids, past_key_values=b).logits
+    torch.testing.assert_close(out_a, out_b)
+    assert a.get_seq_length() == b.get_seq_length() == 6
+    with pytest.raises(ValueError, match="pass the cache once"):
+        hm(ids, cache=a, past_key_values=b)
 
 
 def test_selection_is_handed_the_caches_its_attention_reads(llama):
@@ -136,7 +176,7 @@ def test_sparse_budget_changes_attention_but_decodes(llama):
     model, _ = llama
     hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=4, dense_layers=2, rbits=64))
     ids = torch.randint(3, 300, (1, 40))
-    out = hm(ids, past_key_values=hm.new_cache()).logits
+    out = hm(ids, cache=hm.new_cache()).logits
     assert torch.isfinite(out).all()
     torch.manual_seed(0)
     sampled = hm.generate(ids, max_new_tokens=5, do_sample=True, top_k=20, pad_token_id=0)
@@ -149,9 +189,9 @@ def test_one_pass_top_k_equals_token_by_token_decoding():
     model = tiny_model("qwen3")
     hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=0.3, dense_layers=1, rbits=64, sink=1))
     ids = torch.randint(3, 300, (1, 24))
-    one_pass = hm(ids, past_key_values=hm.new_cache(), hata_mode="decode").logits
+    one_pass = hm(ids, cache=hm.new_cache(), hata_mode="decode").logits
     cache = hm.new_cache()
-    steps = torch.cat([hm(ids[:, i : i + 1], past_key_values=cache).logits for i in range(ids.shape[1])], dim=1)
+    steps = torch.cat([hm(ids[:, i : i + 1], cache=cache).logits for i in range(ids.shape[1])], dim=1)
     torch.testing.assert_close(one_pass, steps, rtol=1e-4, atol=1e-4)
 
 
@@ -162,7 +202,7 @@ def test_decode_step_compiles_fullgraph_and_matches_eager(llama, backend):
     hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=6, dense_layers=2, rbits=64))
     ids = torch.randint(3, 300, (2, 10))
     cache = hm.new_cache(capacity=32)
-    hm(ids, past_key_values=cache)
+    hm(ids, cache=cache)
     nxt = torch.randint(3, 300, (2, 1))
     inputs, _, _ = hm.step_inputs(cache, nxt, None, "decode", 1)
     snapshot = {k: v.clone() for k, v in cache.tensors.items()}

@@ -39,11 +39,11 @@ def test_rope_in_the_encode_keeps_the_step(arch, monkeypatch):
         fused = hashed if rope else 0
         assert (targets.count(FUSED), targets.count(UNFUSED)) == (fused, hashed - fused)
         cache = hm.new_cache(capacity=16, static=True)
-        hm(ids, past_key_values=cache)
+        hm(ids, cache=cache)
         cache.static_step = StaticDecodeStep(hm, cache, compile=False, cuda_graph=False)
         tok, out = ids[:, -1:], []
         for _ in range(3):
-            step = hm(tok, past_key_values=cache).logits
+            step = hm(tok, cache=cache).logits
             out.append(step)
             tok = step[:, -1:].argmax(-1)
         logits[rope] = torch.cat(out, 1)

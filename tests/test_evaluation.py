@@ -207,7 +207,7 @@ def test_pass_routes_every_hashed_layer_and_hash_policy_reproduces_hatac(tiny_ev
     ids = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(0))
     for budget in (0.2, 7.0):
         ref = hatac.convert(model, hatac.HataConfig(rbits=64, budget=budget, dense_layers=2, hash="random"), hash_weights=w)
-        want = ref(ids, past_key_values=ref.new_cache(), hata_mode="decode").logits
+        want = ref(ids, cache=ref.new_cache(), hata_mode="decode").logits
         got = em.sparse(em.new_cache(), ids, HashPolicy(w), budget)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -236,7 +236,7 @@ def test_policy_pass_unfolds_a_folded_encode_and_keeps_its_kv_writes(tiny_eval):
         writes = [n for n in d.graph.nodes if n.target is ops.cache_write.default]
         assert sorted(n.args[0].name for n in writes) == sorted(f"{c}_cache_{i}" for i in range(4) for c in "kv")
         em.selector.set(HashPolicy(_tiny_w()), 7.0)
-        logits[fuse] = hm(ids, past_key_values=hm.new_cache(), hata_mode="decode").logits
+        logits[fuse] = hm(ids, cache=hm.new_cache(), hata_mode="decode").logits
     assert torch.equal(logits[True], logits[False])
 
 

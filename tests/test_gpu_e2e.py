@@ -48,12 +48,12 @@ def test_bf16_static_decode_runs_and_is_close_to_eager(budget, tol):
     hm = hatac.convert(model, hatac.HataConfig(hash="random", budget=budget, rbits=128))
     ids = torch.randint(3, 300, (4, 200), device="cuda")
     eager, static = hm.new_cache(), hm.new_cache(capacity=220, static=True)
-    hm(ids, past_key_values=eager)
-    hm(ids, past_key_values=static)
+    hm(ids, cache=eager)
+    hm(ids, cache=static)
     tok = torch.randint(3, 300, (4, 1), device="cuda")
     for _ in range(4):
-        a = hm(tok, past_key_values=eager).logits.float()
-        b = hm(tok, past_key_values=static).logits.float()
+        a = hm(tok, cache=eager).logits.float()
+        b = hm(tok, cache=static).logits.float()
         assert ((a - b).norm() / a.norm()).item() < tol
         tok = a[:, -1:].argmax(-1)
     assert static.static_step is not None and static.static_step.graph is not None

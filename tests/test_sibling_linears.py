@@ -30,7 +30,7 @@ def test_stacked_graphs_compute_what_the_separate_linears_do(arch, saved_per_lay
     plain = hatac.convert(model, hatac.HataConfig(**CFG, fuse_linears=False))
     with torch.no_grad():
         want_prefill = plain(ids).logits
-        want_decode = plain(ids, past_key_values=plain.new_cache(), hata_mode="decode").logits
+        want_decode = plain(ids, cache=plain.new_cache(), hata_mode="decode").logits
     stacked = hatac.convert(model, hatac.HataConfig(**CFG), hash_weights=plain.hash_weights)
     layers = model.config.num_hidden_layers
     for gm in (stacked.prefill_graph, stacked.decode_graph):
@@ -40,7 +40,7 @@ def test_stacked_graphs_compute_what_the_separate_linears_do(arch, saved_per_lay
             assert len(split) == 2 * layers and all("val" in n.meta for n in split)
     with torch.no_grad():
         got_prefill = stacked(ids).logits
-        got_decode = stacked(ids, past_key_values=stacked.new_cache(), hata_mode="decode").logits
+        got_decode = stacked(ids, cache=stacked.new_cache(), hata_mode="decode").logits
     torch.testing.assert_close(got_prefill, want_prefill, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_decode, want_decode, rtol=1e-5, atol=1e-5)
 

@@ -18,15 +18,15 @@ def test_chunked_prefill_equals_one_chunk(hm):
     ids = torch.randint(3, 300, (2, 13))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
-    whole = hm(ids, attention_mask=mask, past_key_values=hm.new_cache()).logits
+    whole = hm(ids, attention_mask=mask, cache=hm.new_cache()).logits
     hm.prefill_chunk = 2 * 128  # 128 tokens a row for this batch of 2
     ids = torch.randint(3, 300, (2, 300))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
-    whole = hm(ids, attention_mask=mask, past_key_values=hm.new_cache()).logits
+    whole = hm(ids, attention_mask=mask, cache=hm.new_cache()).logits
     try:
         cache = hm.new_cache()
-        chunked = hm(ids, attention_mask=mask, past_key_values=cache).logits
+        chunked = hm(ids, attention_mask=mask, cache=cache).logits
     finally:
         hm.prefill_chunk = type(hm).prefill_chunk
     valid = mask.bool()  # padding's logits are filler in both
@@ -39,15 +39,15 @@ def test_chunked_prefill_equals_one_chunk(hm):
 def test_static_step_matches_eager_decoding(hm, compile):
     ids = torch.randint(3, 300, (2, 9))
     eager_cache, static_cache = hm.new_cache(), hm.new_cache(capacity=20, static=True)
-    hm(ids, past_key_values=eager_cache)
-    hm(ids, past_key_values=static_cache)
+    hm(ids, cache=eager_cache)
+    hm(ids, cache=static_cache)
     torch._dynamo.reset()
     step = StaticDecodeStep(hm, static_cache, compile=compile, cuda_graph=False, backend="aot_eager")
     static_cache.static_step = step
     tok = torch.randint(3, 300, (2, 1))
     for _ in range(6):
-        want = hm(tok, past_key_values=eager_cache).logits
-        got = hm(tok, past_key_values=static_cache).logits
+        want = hm(tok, cache=eager_cache).logits
+        got = hm(tok, cache=static_cache).logits
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         tok = want[:, -1:].argmax(-1)
     assert static_cache.host_lengths == eager_cache.host_lengths == [15, 15]
@@ -57,7 +57,7 @@ def test_static_step_matches_eager_decoding(hm, compile):
 def test_static_cache_refuses_to_grow(hm):
     cache = hm.new_cache(capacity=8, static=True)
     with pytest.raises(ValueError, match="static cache"):
-        hm(torch.randint(3, 300, (1, 12)), past_key_values=cache)
+        hm(torch.randint(3, 300, (1, 12)), cache=cache)
 
 
 @torch.no_grad()
@@ -73,11 +73,11 @@ def test_compiled_step_is_reused_across_cache_shapes(hm):
     for b, n in [(2, 9), (3, 14), (4, 11), (3, 20)]:
         ids = torch.randint(3, 300, (b, n))
         eager, static = hm.new_cache(), hm.new_cache(capacity=n + 4, static=True)
-        hm(ids, past_key_values=eager)
-        hm(ids, past_key_values=static)
+        hm(ids, cache=eager)
+        hm(ids, cache=static)
         step = StaticDecodeStep(hm, static, compile=True, cuda_graph=False, backend="aot_eager")
         fns.append(step.fn)
         tok = torch.randint(3, 300, (b, 1))
-        torch.testing.assert_close(step(tok), hm(tok, past_key_values=eager).logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(step(tok), hm(tok, cache=eager).logits, rtol=1e-4, atol=1e-4)
     assert all(f is compiled_decode(hm, "aot_eager") for f in fns)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2

@@ -1,6 +1,7 @@
 """Triton bodies of the ``hatac::`` ops for CUDA tensors.
 
-Importing this package registers them with ``torch.library.register_kernel(..., "cuda", ...)``: a graph
+``hatac.kernels`` is a namespace package with no ``__init__.py`` (docs/ARCHITECTURE.md says why); this
+module is its registry. Importing it registers the bodies with ``torch.library.register_kernel(..., "cuda", ...)``: a graph
 that calls ``torch.ops.hatac.*`` keeps one opaque node per op (torch.compile, export) and dispatches to
 these kernels on CUDA tensors; CPU tensors keep the reference bodies. Importing never fails: without
 Triton (CI, CPU-only installs) nothing is registered and ``AVAILABLE`` is False.
