@@ -15,7 +15,7 @@ import torch
 
 from hatac import distributed
 from hatac.config import HataConfig
-from hatac.errors import HatacError
+from hatac.errors import HatacError, SettingError
 from hatac.graphs import LayerSpec
 from hatac.hashing import HashingInputs, Weights, register_hash_method
 
@@ -26,7 +26,7 @@ from .train import TrainConfig
 # How much calibration work a conversion does. "full" is the trainer's default (32 query positions a
 # prompt, up to 300 full-batch steps): minutes a layer on a 2-core CPU, seconds on a GPU. "fast" is the CPU
 # setting: more query positions (48 a prompt, so the held-out set is ~130 queries on the 14 prompts of
-# examples/calib.jsonl) but one prompt a step (mini-batches of <= 2^20 pairs) at lr 0.3, 100 steps, so a
+# hatac/data/calib.jsonl) but one prompt a step (mini-batches of <= 2^20 pairs) at lr 0.3, 100 steps, so a
 # layer of SmolLM2-135M trains in ~15 s on 2 cores. Measured on SmolLM2 layers 2/12/24, r 128, held-out
 # recall@1/32 (random 0.397): old fast (8 queries a prompt, full batch) 0.478 in 90 s a layer; this 0.50
 # in ~30 s (150 steps); lr 1.0 diverged. "auto" picks "full" on CUDA and "fast" elsewhere.
@@ -66,7 +66,7 @@ def resolve_effort(effort: str, device: torch.device) -> str:
     if effort == "auto":
         return "full" if device.type == "cuda" else "fast"
     if effort not in EFFORTS:
-        raise HatacError(f"--calib-effort must be auto, {', '.join(EFFORTS)}; got {effort!r}")
+        raise SettingError("calib_effort", f"must be auto, {', '.join(EFFORTS)}; got {effort!r}")
     return effort
 
 
@@ -92,7 +92,10 @@ def _observe(inputs: HashingInputs, ids: list[int], device) -> tuple:
 def learned_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: HashingInputs) -> tuple[Weights, dict]:
     hashed = [layer for layer, s in specs.items() if s.hashed]
     if not inputs.samples:
-        raise HatacError("learned hashing needs calibration prompts: pass --calib FILE.jsonl (or --hash random)")
+        raise HatacError(
+            "learned hashing needs calibration prompts: hatac.convert(model, config, samples=...) takes token-id lists "
+            "(hatac.data.calibration_samples(tokenizer) gives the bundled prompts), or use HataConfig(hash='random')"
+        )
     if not hashed:
         return {}, {"method": "learned", "layers": {}}
     if inputs.observe_graph is None or list(inputs.observed_layers) != hashed:

@@ -1,4 +1,5 @@
-"""Regenerate examples/calib.jsonl, the small calibration file the README demo uses.
+"""Regenerate hatac/data/calib.jsonl, the calibration file that ships with hatac (the default of
+`hatac convert --calib` and the demo's).
 
 The file is cut from hatac.texts.CALIBRATION_PLAYS only (never from evaluation text), at fixed places,
 in whole speeches, with lengths measured by the SmolLM2-135M-Instruct tokenizer (the demo model), so
@@ -9,7 +10,7 @@ running this script again gives the same bytes:
 * 2 ``{"messages": [...]}`` lines showing the chat format: a user asks to continue a scene and the
   assistant answers with the scene's next speeches.
 
-Usage: ``python examples/make_calib.py [--out examples/calib.jsonl] [--tokenizer DIR]``.
+Usage: ``python examples/make_calib.py [--out hatac/data/calib.jsonl] [--tokenizer DIR]``.
 
 ``--long`` writes instead the variant used to test whether calibrating on contexts as long as the
 evaluation's helps (docs/ACCURACY.md: it did not): 10 text lines of about 3.8K-4.3K tokens from the same
@@ -22,6 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
+from hatac.data import calibration_file
 from hatac.texts import CALIBRATION_PLAYS, shakespeare_plays
 
 TEXT_MIN, TEXT_MAX = 1500, 2000  # tokens per text line
@@ -61,7 +63,7 @@ def take(blocks: list[str], start: int, count, lo: int, hi: int) -> tuple[str, i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("calib.jsonl"))
+    parser.add_argument("--out", type=Path, default=calibration_file())
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: SmolLM2)")
     parser.add_argument("--long", action="store_true", help="10 excerpts of ~4K tokens, no chat lines (see above)")
     args = parser.parse_args()

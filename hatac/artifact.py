@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 import hatac
 from hatac.config import HataConfig
-from hatac.errors import HatacError
+from hatac.errors import HatacError, SettingError
 from hatac.manifest import FORMAT, FORMAT_VERSION, HASH_WEIGHTS_NAME, read_manifest, sha256_file, weight_files, write_manifest
 from hatac.model import HataForCausalLM
 
@@ -34,7 +34,7 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     if name is None:
         return None
     if name not in DTYPES:
-        raise HatacError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        raise SettingError("dtype", f"must be one of {', '.join(DTYPES)}, got {name!r}")
     return DTYPES[name]
 
 
@@ -42,20 +42,34 @@ def parse_device(name: str | None) -> torch.device:
     try:
         dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
-        raise HatacError(f"--device {name!r} is not a device torch knows") from None
+        raise SettingError("device", f"{name!r} is not a device torch knows") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HatacError("--device cuda asked for, but torch sees no CUDA device")
+        raise SettingError("device", "is cuda, but torch sees no CUDA device")
     return dev
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an output folder that cannot be written, before any work: a file in its place or in place of
+    one of its parents, a folder that is not empty (unless ``overwrite``), a parent we may not write to."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise HatacError(f"output {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise HatacError(f"output directory {out} is not empty (pass overwrite=True, or --overwrite, to replace it)")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise HatacError(f"cannot write {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HatacError(f"cannot write {out}: no permission to create files in {parent}")
+    return out
 
 
 @contextlib.contextmanager
 def atomic_dir(out: Path, overwrite: bool = False):
     """Yield a temporary folder next to ``out``; on success it replaces ``out``, on failure it is removed."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HatacError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise HatacError(f"output directory {out} is not empty (pass --overwrite to replace it)")
+    out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -160,6 +174,42 @@ def _check_weights(manifest: dict, weights: dict[str, torch.Tensor], folder: Pat
     return {int(name.split(".")[1]): w for name, w in weights.items()}
 
 
+def read_hash_weights(folder: Path, manifest: dict) -> dict[int, torch.Tensor]:
+    """The hash projections by layer, checked against the manifest (file digest, names, shapes)."""
+    wfile = folder / manifest["hash_weights"]["file"]
+    if not wfile.is_file():
+        raise HatacError(f"{folder} is missing {wfile.name}")
+    if sha256_file(wfile) != manifest["hash_weights"]["sha256"]:
+        raise HatacError(f"manifest in {folder} does not match its tensors: {wfile.name} has another sha256")
+    try:
+        return _check_weights(manifest, load_file(str(wfile)), folder)
+    except SafetensorError as exc:
+        raise HatacError(f"cannot read {wfile}: {exc}") from None
+
+
+def verify(path: str | Path) -> dict:
+    """Check an artifact without loading its model: the manifest (schema, format version), the hash
+    projections (digest, names and shapes against the manifest and its layers), and every safetensors file
+    (its header parses and covers the file exactly, so a truncated or padded file fails). Returns the
+    manifest and counts; raises :class:`HatacError` naming the first problem."""
+    from safetensors import safe_open
+
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    hashed = read_hash_weights(folder, manifest)
+    files = sorted(folder.glob("*.safetensors"))
+    if not any(f.name != manifest["hash_weights"]["file"] for f in files):
+        raise HatacError(f"{folder} has no model weights (*.safetensors)")
+    tensors = 0
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as st:
+                tensors += len(list(st.keys()))
+        except (SafetensorError, OSError) as exc:
+            raise HatacError(f"cannot read {f}: {str(exc).strip() or type(exc).__name__}") from None
+    return {"manifest": manifest, "hash_layers": len(hashed), "files": len(files), "tensors": tensors}
+
+
 def load(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, tp: bool = False) -> HataForCausalLM:
     """Load an artifact folder as a :class:`HataForCausalLM` whose ``generate()`` runs hatac's graphs.
 
@@ -173,15 +223,7 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
 
     folder = Path(path)
     manifest = read_manifest(folder)
-    wfile = folder / manifest["hash_weights"]["file"]
-    if not wfile.is_file():
-        raise HatacError(f"{folder} is missing {wfile.name}")
-    if sha256_file(wfile) != manifest["hash_weights"]["sha256"]:
-        raise HatacError(f"manifest in {folder} does not match its tensors: {wfile.name} has another sha256")
-    try:
-        weights = _check_weights(manifest, load_file(str(wfile)), folder)
-    except SafetensorError as exc:
-        raise HatacError(f"cannot read {wfile}: {exc}") from None
+    weights = read_hash_weights(folder, manifest)
     recipe = HataConfig.from_dict(manifest["recipe"])
     dev = parse_device(str(device) if device is not None else None)
     dt = dtype if isinstance(dtype, torch.dtype) or dtype is None else parse_dtype(dtype)

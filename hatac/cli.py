@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hatac.errors import HatacError
+from hatac.errors import HatacError, SettingError
 
 try:  # transformers prints a progress bar per weight load; the CLI has its own progress lines
     from transformers.utils import logging as _hf_logging
@@ -26,10 +26,17 @@ except Exception:  # pragma: no cover
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Compile Hugging Face causal LMs to hash-aware top-k attention (HATA).")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks on the GPU (dense baseline in the same run).")
 app.add_typer(bench_app, name="bench")
-console = Console(stderr=True)
-out = Console()
 
-EXAMPLE_CALIB = Path(__file__).resolve().parent.parent / "examples" / "calib.jsonl"
+
+def _console(stderr: bool = False) -> Console:
+    """A rich console; when the stream is not a terminal (a pipe, a file, CI) lines are never cut or
+    wrapped at 80 columns, so tables keep whole names and numbers."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=1_000, soft_wrap=True)
+
+
+console = _console(stderr=True)
+out = _console()
 
 
 def _fail(msg: str, code: int = 2):
@@ -41,6 +48,8 @@ def _run(fn, *args, **kwargs):
     """Call ``fn``, turning user-facing errors and interrupts into one line and a non-zero exit."""
     try:
         return fn(*args, **kwargs)
+    except SettingError as exc:
+        _fail(exc.cli_message().replace("\n", " "))
     except HatacError as exc:
         _fail(str(exc).replace("\n", " "))
     except KeyboardInterrupt:
@@ -58,11 +67,15 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     from hatac.calib_data import load_calibration
     from hatac.config import HataConfig
     from hatac.converter import convert
+    from hatac.data import calibration_file
     from hatac.passes.pipeline import load_pass, pass_spec
 
     config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed, calib_effort=calib_effort,
                         fuse_encode=fuse_encode, fuse_linears=fuse_linears)
     dev = artifact.parse_device(device)
+    artifact.check_output_dir(out_dir, overwrite)  # before any work, not after minutes of it
+    if calib is not None and not Path(calib).is_file():
+        raise HatacError(f"calibration file {calib} does not exist" if not Path(calib).exists() else f"calibration file {calib} is not a file")
     group = None
     if distributed.launched():  # torchrun: one process a GPU, layers calibrated in parallel, rank 0 writes
         group, dev = distributed.setup(dev)
@@ -70,14 +83,13 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     dt = artifact.parse_dtype(dtype)
     user_passes = [load_pass(p) for p in passes]
     if calib is None and hash_method == "learned":
-        raise HatacError("--hash learned (the default) needs --calib FILE.jsonl; pass --hash random for untrained hashing")
+        calib = calibration_file()
+        say(f"calibration prompts: the bundled {calib.name} (pass --calib FILE.jsonl for your own)")
     if model_id == "smollm2":
         from hatac.assets import smollm2_dir
 
         say("preparing the bundled SmolLM2-135M-Instruct")
         model_id = str(smollm2_dir())
-    if not (Path(out_dir).parent.exists() or Path(out_dir).parent == Path("")):
-        Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     say(f"loading {model_id}")
     model, tokenizer = artifact.load_source_model(model_id, dev, dt)
@@ -104,7 +116,7 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
 @app.command()
 def convert(
     model: str = typer.Argument(..., help="Model folder or Hugging Face hub id ('smollm2' = the bundled SmolLM2-135M-Instruct)."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration prompts, JSON Lines with 'text' or chat 'messages'."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration prompts, JSON Lines with 'text' or chat 'messages' (default: the prompts bundled with hatac)."),
     output: Path = typer.Option(..., "-o", "--output", help="Artifact folder to write."),
     rbits: int = typer.Option(128, help="Hash bits r per key (a multiple of 32)."),
     budget: float = typer.Option(512, help="Tokens attended per KV head: a fraction of the context (< 1) or a count (>= 1)."),
@@ -128,9 +140,10 @@ def convert(
 
 
 def _inspect(path: Path, graph: bool):
-    from hatac.manifest import read_manifest
+    from hatac.artifact import verify
 
-    manifest = read_manifest(path)
+    checked = verify(path)
+    manifest = checked["manifest"]
     src = manifest["source"]
     out.print(f"[bold]{path}[/]  hatac artifact v{manifest['format_version']} (hatac {manifest['hatac_version']})")
     out.print(f"source: {src['model']} ({src['architecture']}), {len(src['weights_sha256'])} weight file(s)")
@@ -153,6 +166,8 @@ def _inspect(path: Path, graph: bool):
             str(s["recent"]) if hashed else "-", str(s["window"] or "-"),
         )
     out.print(table)
+    out.print(f"verified: {checked['tensors']} tensors in {checked['files']} safetensors files, each header covering its file; "
+              f"hash projections of {checked['hash_layers']} layers match the manifest's digest and shapes", highlight=False)
     if graph:
         from hatac.artifact import load
         from hatac.inspect_graph import op_count_lines
@@ -187,18 +202,41 @@ def _generate(path: Path, prompt: str, max_new_tokens: int, device: Optional[str
         tok = AutoTokenizer.from_pretrained(path)
     except Exception:
         raise HatacError(f"{path} has no tokenizer") from None
-    if chat and getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-    else:
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
+    ids = _prompt_ids(tok, prompt, chat)
     torch.manual_seed(seed)
+    new = _decode(model, tok, ids, max_new_tokens, sample, stream=not out.quiet)
+    return tok.decode(new, skip_special_tokens=True)
+
+
+def _prompt_ids(tok, prompt: str, chat: bool):
+    if chat and getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    return tok(prompt, return_tensors="pt")["input_ids"]
+
+
+def _decode(model, tok, ids, max_new_tokens: int, sample: bool = False, stream: bool = True, label: str = ""):
+    """Generate from ``ids``, printing the text as it is decoded (the progress of a decode) and then one
+    timing line; returns the new token ids."""
+    import torch
+    from transformers import TextStreamer
+
+    class _Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            print(text, end="\n" if stream_end else "", flush=True)
+
+    if label:
+        print(label, end="", flush=True)
+    streamer = _Streamer(tok, skip_prompt=True, skip_special_tokens=True) if stream else None
     t0 = time.time()
     with torch.no_grad():
-        res = model.generate(ids.to(model.device), max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        res = model.generate(ids.to(model.device), max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                             streamer=streamer)  # fmt: skip
     new = res[0, ids.shape[1]:]
-    out.print(tok.decode(new, skip_special_tokens=True))
-    console.print(f"[dim]{len(new)} tokens in {time.time() - t0:.2f}s[/]")
-    return tok.decode(new, skip_special_tokens=True)
+    if not stream:
+        out.print(label + tok.decode(new, skip_special_tokens=True), highlight=False)
+    dt = time.time() - t0
+    console.print(f"[dim]{len(new)} tokens in {dt:.2f}s ({len(new) / max(dt, 1e-9):.1f} tokens/s, prompt {ids.shape[1]} tokens)[/]", highlight=False)
+    return new
 
 
 @app.command()
@@ -253,16 +291,28 @@ def demo(
     max_new_tokens: int = typer.Option(24, "--max-new-tokens"),
     budget: float = typer.Option(16, help="Tokens attended per KV head; small, so a short prompt already decodes sparsely."),
 ):
-    """Convert the bundled SmolLM2-135M-Instruct with examples/calib.jsonl, then generate with it."""
+    """Convert the bundled SmolLM2-135M-Instruct, answer a prompt with it, and answer it again with the
+    dense model for comparison (greedy decoding both)."""
 
     def run():
+        from hatac.artifact import load, load_source_model, parse_device
         from hatac.assets import cache_root
+        from hatac.data import calibration_file
 
         dest = output or cache_root() / "artifacts" / "smollm2-hata"
-        if not EXAMPLE_CALIB.is_file():
-            raise HatacError(f"the example calibration file {EXAMPLE_CALIB} is missing")
-        _convert("smollm2", EXAMPLE_CALIB, dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
-        _generate(dest, prompt, max_new_tokens, None, False, True, 0)
+        hm, tok = _convert("smollm2", calibration_file(), dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
+        ids = _prompt_ids(tok, prompt, chat=True)
+        _progress(f"prompt: {prompt!r} ({ids.shape[1]} tokens); budget {budget:g} tokens per KV head")
+        ours = _decode(load(dest), tok, ids, max_new_tokens, label="hatac: ")
+        dense_model, _ = load_source_model(str(hm.hf_model.config._name_or_path), parse_device(None), None)
+        dense = _decode(dense_model, tok, ids, max_new_tokens, label="dense: ")
+        n = min(len(ours), len(dense))
+        same = next((i for i in range(n) if ours[i] != dense[i]), n)
+        if same == n and len(ours) == len(dense):
+            _progress(f"hatac and dense greedy decoding agree on all {n} tokens")
+        else:
+            _progress(f"hatac and dense agree on the first {same} of {max(len(ours), len(dense))} tokens (top-k attention sees "
+                      f"{budget:g} of each head's keys; --budget {ids.shape[1] + max_new_tokens} covers the whole context and decodes as dense)")
 
     _run(run)
 
@@ -274,7 +324,7 @@ def eval_(
     quick: bool = typer.Option(False, "--quick", help="CI-size smoke run (one short document, few passkey trials)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
-    calib: Path = typer.Option(EXAMPLE_CALIB, "--calib", help="Calibration prompts (JSON Lines): Loki's PCA and learned hashing. Never evaluation text."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration prompts (JSON Lines) for Loki's PCA and learned hashing (default: the bundled prompts). Never evaluation text."),
     learned: Optional[str] = typer.Option(None, "--learned", help="calibrate (default), cached (default with --quick: only W cached or given) or off."),
     learned_from: List[Path] = typer.Option([], "--learned-from", help="Learned hash weights to use (artifact folder or .safetensors; repeatable, one per r)."),
     calib_effort: str = typer.Option("auto", "--calib-effort", help="Calibration work for learned W: auto, fast or full."),
@@ -296,7 +346,9 @@ def eval_(
                      "passkey_length": passkey_length, "seed": seed,
                      "metrics": tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None,
                      "hatac_forced": _forced_pairs(hatac_forced) if hatac_forced else None}  # fmt: skip
-        evaluate(model, output, quick=quick, device=device, dtype=dtype, calib=calib, learned=learned, learned_from=list(learned_from),
+        from hatac.data import calibration_file
+
+        evaluate(model, output, quick=quick, device=device, dtype=dtype, calib=calib or calibration_file(), learned=learned, learned_from=list(learned_from),
                  calib_effort=calib_effort, overrides=overrides, progress=_progress, console=out)  # fmt: skip
 
     _run(run)

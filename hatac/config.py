@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from hatac.errors import HatacError
+from hatac.errors import SettingError
 
 HASH_METHODS = ("random", "learned")
 
@@ -46,18 +46,19 @@ class HataConfig:
 
     def validate(self) -> None:
         if not isinstance(self.rbits, int) or self.rbits < 32 or self.rbits > 1024 or self.rbits % 32:
-            raise HatacError(f"--rbits must be a multiple of 32 between 32 and 1024, got {self.rbits}")
-        for name, b in [("--budget", self.budget), *((f"budget of layer {i}", v) for i, v in self.layer_budgets.items())]:
+            raise SettingError("rbits", f"must be a multiple of 32 between 32 and 1024, got {self.rbits}")
+        for name, b in [("budget", self.budget), *((f"layer_budgets[{i}]", v) for i, v in self.layer_budgets.items())]:
             if not b > 0 or (b >= 1 and float(b) != int(b)):
-                raise HatacError(f"{name} must be a fraction in (0, 1) or a whole token count >= 1, got {b}")
+                raise SettingError(name, f"must be a fraction in (0, 1) or a whole token count >= 1, got {b}")
         if self.dense_layers < 0:
-            raise HatacError(f"--dense-layers must be >= 0, got {self.dense_layers}")
-        if self.sink < 0 or self.recent < 0:
-            raise HatacError(f"--sink and --recent must be >= 0, got {self.sink} and {self.recent}")
+            raise SettingError("dense_layers", f"must be >= 0, got {self.dense_layers}")
+        for name in ("sink", "recent"):
+            if getattr(self, name) < 0:
+                raise SettingError(name, f"must be >= 0, got {getattr(self, name)}")
         if self.calib_effort not in ("auto", "fast", "full"):
-            raise HatacError(f"--calib-effort must be auto, fast or full, got {self.calib_effort!r}")
+            raise SettingError("calib_effort", f"must be auto, fast or full, got {self.calib_effort!r}")
         if self.hash not in HASH_METHODS:
-            raise HatacError(f"--hash must be one of {', '.join(HASH_METHODS)}, got {self.hash!r}")
+            raise SettingError("hash", f"must be one of {', '.join(HASH_METHODS)}, got {self.hash!r}")
 
     def is_hashed(self, layer: int) -> bool:
         return layer >= self.dense_layers and layer not in self.extra_dense

@@ -11,7 +11,7 @@ attention over thousands of tokens. Two sources are available to every hatac use
 * Python source files of the running interpreter's standard library: code is a second, very different
   domain, so evaluation is not only on the domain the hashes were calibrated on.
 
-The split is fixed: ``CALIBRATION_PLAYS`` feed calibration (e.g. ``examples/calib.jsonl``) and never
+The split is fixed: ``CALIBRATION_PLAYS`` feed calibration (e.g. ``hatac/data/calib.jsonl``) and never
 appear in ``eval_documents``, which draws from ``EVAL_PLAYS`` and the standard library only.
 """
 

@@ -155,3 +155,95 @@ def test_existing_output_needs_overwrite(llama_dir, calib_file, tmp_path):
     code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", out)
     _assert_one_line_error(code, output, "--overwrite")
     assert (out / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("setup,pattern", [("file_parent", "is a file, not a directory"), ("not_empty", "is not empty"), ("is_file", "is not a directory")])
+def test_bad_output_is_refused_before_any_work(llama_dir, calib_file, tmp_path, monkeypatch, setup, pattern):
+    """An output that cannot be written is refused in one line before the model is even loaded."""
+    from hatac import artifact as art
+
+    def must_not_load(*a, **k):
+        raise AssertionError("loaded the model before checking the output")
+
+    monkeypatch.setattr(art, "load_source_model", must_not_load)
+    if setup == "file_parent":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "sub"
+    elif setup == "not_empty":
+        out = tmp_path / "o"
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+    else:
+        out = tmp_path / "o"
+        out.write_text("x")
+    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", out, "--hash", "random")
+    _assert_one_line_error(code, output, pattern)
+
+
+def test_missing_calibration_file_is_refused_before_any_work(llama_dir, tmp_path, monkeypatch):
+    from hatac import artifact as art
+
+    monkeypatch.setattr(art, "load_source_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    code, output = _cli("convert", llama_dir, "--calib", tmp_path / "nope.jsonl", "-o", tmp_path / "o")
+    _assert_one_line_error(code, output, "does not exist")
+
+
+def test_learned_hashing_defaults_to_the_bundled_prompts(llama_dir, tmp_path, monkeypatch):
+    """Without --calib, learned hashing calibrates on the prompts that ship inside the package."""
+    import hatac.converter
+    from hatac.calib_data import load_calibration
+    from hatac.data import calibration_file
+
+    seen = {}
+
+    def stop(model, config, samples=None, **kw):
+        seen["samples"] = samples
+        raise hatac.HatacError("stopped after reading the calibration")
+
+    monkeypatch.setattr(hatac.converter, "convert", stop)
+    code, output = _cli("convert", llama_dir, "-o", tmp_path / "o")
+    _assert_one_line_error(code, output, "stopped after reading")
+    assert "calib.jsonl" in output
+    from transformers import AutoTokenizer
+
+    assert seen["samples"] == load_calibration(calibration_file(), AutoTokenizer.from_pretrained(llama_dir), max_tokens=16384)
+
+
+def test_inspect_verifies_the_tensors(artifact, tmp_path):
+    import shutil
+
+    code, output = _cli("inspect", artifact)
+    assert code == 0 and "verified:" in output
+    for name in ("model.safetensors", "hash_weights.safetensors"):
+        bad = tmp_path / name
+        shutil.copytree(artifact, bad)
+        data = (bad / name).read_bytes()
+        (bad / name).write_bytes(data[: len(data) - 100])
+        code, output = _cli("inspect", bad)
+        _assert_one_line_error(code, output, "hash_weights.safetensors has another sha256" if name.startswith("hash") else "cannot read")
+
+
+def test_python_errors_name_python_arguments_and_the_cli_names_flags(llama_dir, calib_file, tmp_path):
+    """The same bad setting reads as a keyword argument from Python and as a flag from the CLI."""
+    with pytest.raises(hatac.HatacError) as err:
+        hatac.HataConfig(dense_layers=-1)
+    assert str(err.value).startswith("dense_layers must be >= 0") and "--" not in str(err.value)
+    code, output = _cli("convert", llama_dir, "--calib", calib_file, "-o", tmp_path / "o", "--dense-layers", -1)
+    _assert_one_line_error(code, output, "--dense-layers must be >= 0")
+
+
+def test_python_learned_conversion_without_samples_says_how(llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    with pytest.raises(hatac.HatacError, match=r"samples=.*calibration_samples\(tokenizer\).*hash='random'") as err:
+        hatac.convert(model, hatac.HataConfig())
+    assert "--" not in str(err.value)
+
+
+def test_rich_output_keeps_whole_lines_when_not_a_terminal(artifact):
+    """CliRunner's stdout is no terminal: tables and lines must not be cut at 80 columns."""
+    code, output = _cli("inspect", artifact)
+    assert code == 0
+    assert "…" not in output
+    assert any(len(line) > 80 for line in output.splitlines())

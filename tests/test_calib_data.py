@@ -9,6 +9,7 @@ import pytest
 from _tiny_tokenizer import CHAT_TEMPLATE, tiny_tokenizer
 
 from hatac.calib_data import load_calibration
+from hatac.data import calibration_file
 from hatac.errors import HatacError
 
 
@@ -126,9 +127,7 @@ def test_template_that_raises(tmp_path):
 
 
 def test_shipped_example_file_loads(tok):
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "calib.jsonl"
+    path = calibration_file()
     assert path.stat().st_size < 300_000
     samples = load_calibration(path, tok)
     kinds = ["messages" in json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -15,6 +15,7 @@ import pytest
 from _tiny_tokenizer import tiny_tokenizer
 
 from hatac import texts
+from hatac.data import calibration_file
 from hatac.assets import cache_root
 from hatac.errors import HatacError
 
@@ -133,7 +134,7 @@ def test_download_into_fresh_cache(tmp_path, monkeypatch):
 def test_example_calibration_file_is_calibration_text_only(plays):
     import json
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "calib.jsonl"
+    path = calibration_file()
     for line in path.read_text(encoding="utf-8").splitlines():
         obj = json.loads(line)
         text = obj["text"] if "text" in obj else obj["messages"][-1]["content"]

@@ -2,7 +2,7 @@
 
 ``learn_weights(r) -> {layer: W (Hkv, D, r)}`` is the hook :func:`hatac.evaluation.run` takes. The
 default one here runs the registered ``learned`` hash method (calibration/) on the evaluation model's
-observe graph with calibration prompts (``examples/calib.jsonl``: calibration plays only), exactly what
+observe graph with calibration prompts (``hatac/data/calib.jsonl``: calibration plays only), exactly what
 ``hatac convert --hash learned`` does, and keeps the result in a cache folder keyed by the model, the
 prompts and the settings, so a second evaluation does not calibrate again. Weights can also come from
 files (:func:`weights_from_files`): a ``hash_weights.safetensors`` of a converted artifact, or one saved

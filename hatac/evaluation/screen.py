@@ -134,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=96, help="query positions per document")
     ap.add_argument("--budgets", default="1/32,1/16,512")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--calib", type=Path, default=None, help="calibration prompts (.jsonl/.txt); default examples/calib.jsonl")
+    ap.add_argument("--calib", type=Path, default=None, help="calibration prompts (.jsonl/.txt); default: the bundled prompts")
     ap.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
     try:
         from hatac import artifact
         from hatac.calib_data import load_calibration
-        from hatac.cli import EXAMPLE_CALIB
+        from hatac.data import calibration_file
         from hatac.texts import eval_documents
 
         variants = dict(parse_variant(v) for v in a.variant) or {"default": {}}
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             model_id = str(smollm2_dir())
         model, tok = artifact.load_source_model(model_id, artifact.parse_device(a.device), torch.float32)
         em = EvalModel(model)
-        samples = load_calibration(a.calib or EXAMPLE_CALIB, tok)
+        samples = load_calibration(a.calib or calibration_file(), tok)
         docs = eval_documents(tok, a.doc_tokens, a.doc_tokens, n=a.docs)
         res = screen(em, samples, docs, layers, a.rbits, variants, a.effort, tuple(parse(b) for b in a.budgets.split(",")), a.queries)
     except HatacError as e:
