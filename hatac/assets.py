@@ -69,6 +69,12 @@ def smollm2_dir() -> Path:
     if (target / MARKER).is_file():
         return target
     gguf = smollm2_gguf()
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise HatacError(
+            f"building the SmolLM2 demo model from its GGUF needs {' and '.join(missing)}, which hatac's demo "
+            f"extras install: pip install 'hatac[demo]' (from a clone: pip install '.[demo]')"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}.", dir=target.parent))
     umask = os.umask(0)

