@@ -234,6 +234,8 @@ def _decode(model, tok, ids, max_new_tokens: int, sample: bool = False, stream: 
         def on_finalized_text(self, text: str, stream_end: bool = False):
             print(text, end="\n" if stream_end else "", flush=True)
 
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] generating up to {max_new_tokens} tokens from a {ids.shape[1]}-token prompt"
+                  + (" (on CUDA the first step compiles the decode graph)" if model.device.type == "cuda" else ""), highlight=False)
     if label:
         print(label, end="", flush=True)
     streamer = _Streamer(tok, skip_prompt=True, skip_special_tokens=True) if stream else None
@@ -245,7 +247,7 @@ def _decode(model, tok, ids, max_new_tokens: int, sample: bool = False, stream: 
     if not stream:
         out.print(label + tok.decode(new, skip_special_tokens=True), highlight=False)
     dt = time.time() - t0
-    console.print(f"[dim]{len(new)} tokens in {dt:.2f}s ({len(new) / max(dt, 1e-9):.1f} tokens/s, prompt {ids.shape[1]} tokens)[/]", highlight=False)
+    console.print(f"[dim]{len(new)} tokens in {dt:.2f}s ({len(new) / max(dt, 1e-9):.1f} tokens/s)[/]", highlight=False)
     return new
 
 
@@ -321,7 +323,7 @@ def demo(
         from hatac.data import calibration_file
 
         dest = output or cache_root() / "artifacts" / "smollm2-hata"
-        _, tok = _convert("smollm2", calibration_file(), dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
+        _, tok = _convert("smollm2", calibration_file() if hash == "learned" else None, dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
         ids = _prompt_ids(tok, prompt, chat=True)
         _progress(f"prompt: {prompt!r} ({ids.shape[1]} tokens); budget {budget:g} tokens per KV head")
         ours = _decode(load(dest), tok, ids, max_new_tokens, label="hatac: ")
