@@ -175,5 +175,13 @@ def learned_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: Has
         "processes": group.world if group is not None else 1,
         "layers": stats,
     }
+    # A layer whose trained W never beat its random start on the held-out queries keeps that start (the
+    # best W seen); say so, in the output and the manifest, rather than ship it as "learned" in silence.
+    summary["layers_not_improved"] = untrained = [
+        int(k) for k, v in stats.items() if v["recall_learned"] is None or v["recall_random"] is None or v["recall_learned"] <= v["recall_random"]
+    ]
     say(f"calibrated {len(hashed)} layers in {summary['seconds_total']}s: mean recall {summary['mean_recall_random']} (random) -> {summary['mean_recall_learned']} (learned)")
+    if untrained:
+        say(f"warning: {len(untrained)} of {len(hashed)} layers did not beat their random start on the held-out queries and keep it: "
+            f"{', '.join(map(str, untrained))}")
     return weights, summary

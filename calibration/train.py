@@ -84,6 +84,12 @@ class TrainConfig:
     code_scale: float = 5.0  # pre-activation spread targeted by the rescale
     eval_every: int = 20
     patience: int = 5
+    # No early stop before this many steps: the first steps move W away from its start before the
+    # similarity term has ranked anything, and a patience counted from step 0 ends training there.
+    min_steps: int = 0
+    # Start from W with unit-norm columns (the same hash as w_init: sign ignores scale). A standard-normal
+    # W has columns of norm sqrt(D), which saturates the relaxed code and spends the first steps shrinking.
+    unit_init: bool = False
     max_batch_pairs: int = 1 << 24  # pair entries per padded mini-batch (bounds memory, see collect.py)
     sink: int = 0
     recent: int = 0
@@ -216,7 +222,7 @@ def train_layer(
     for b in train_batches:
         b.set_group_labels(cfg.group_labels)
     w = w_init.detach().to(device=device, dtype=torch.float32).clone()
-    if cfg.normalize:
+    if cfg.normalize or cfg.unit_init:
         # Unit columns: the same hash as w_init (sign ignores scale), but starting where the decorrelation
         # term would take ~50 steps to shrink a standard-normal W to.
         w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -245,7 +251,7 @@ def train_layer(
                 history.append((step, rec))
                 if rec > best:
                     best, best_w, best_step, bad = rec, w.detach().clone(), step, 0
-                else:
+                elif step >= cfg.min_steps:
                     bad += 1
                     if bad >= cfg.patience:
                         break

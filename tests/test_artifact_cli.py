@@ -66,6 +66,7 @@ def test_inspect_and_generate(artifact):
     assert "hashed" in output and "dense" in output and "hamming_topk" in output and "sparse_attenti" in output
     code, output = _cli("generate", artifact, "--prompt", "hello", "--max-new-tokens", 4)
     assert code == 0, output
+    assert "generating up to 4 tokens" in output and "tokens in" in output and "tokens/s" in output  # progress, then speed
 
 
 def test_fusions_can_be_turned_off_and_replay(llama_dir, calib_file, tmp_path):
