@@ -160,7 +160,7 @@ def _inspect(path: Path, graph: bool):
         out.print("user passes: " + ", ".join(manifest["passes"]))
     cal = manifest.get("calibration") or {}
     if cal:
-        out.print("calibration: " + ", ".join(f"{k}={v}" for k, v in cal.items() if not isinstance(v, (dict, list))))
+        out.print("calibration: " + ", ".join(f"{k}={v}" for k, v in cal.items() if not isinstance(v, dict)), highlight=False)
     table = Table(title="layers")
     for col in ("layer", "module", "attention", "q/kv", "d", "r", "budget", "sink", "recent", "window"):
         table.add_column(col)

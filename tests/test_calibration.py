@@ -262,3 +262,45 @@ def test_learned_weights_hash_with_reference_ops():
                     config=TrainConfig(max_steps=10, eval_every=5))
     q, _ = SyntheticHeads(4, 2, 32).prompt(16, 0)
     assert hash_encode(q[None], res.weights[0]).shape == (1, 4, 16, 2)
+
+
+@pytest.mark.parametrize("unit_init", [True, False])
+def test_training_starts_from_the_random_hash(unit_init):
+    """The start is the sign-random-projection W: with ``unit_init`` (the default) its columns scaled to
+    unit norm, which hashes every vector as the standard-normal W does; the paper's start is that W itself."""
+    from hatac.calibration.train import train_layer
+
+    col = _small_collector()
+    batches = col.batches(0, "train", 1 << 20, "cpu")
+    init = random_weights([0], 2, 32, 32)[0]
+    res = train_layer(batches, [], init, 0.1, TrainConfig(max_steps=0, unit_init=unit_init))
+    assert res.steps == 0 and res.recall_best == res.recall_init
+    norms = res.w.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms)) if unit_init else torch.equal(res.w, init)
+    x = torch.randn(100, 32)
+    assert torch.equal(torch.einsum("nd,hdr->hnr", x, res.w) > 0, torch.einsum("nd,hdr->hnr", x, init) > 0)
+    assert TrainConfig().unit_init and not TrainConfig.paper().unit_init
+
+
+def test_layers_that_do_not_beat_their_start_are_reported(monkeypatch):
+    """A layer whose training never beat its random start is named in the progress output and the manifest."""
+    import hatac
+    from hatac.calibration import learned as learned_mod
+    from models import tiny_model
+
+    real = learned_mod.calibrate
+
+    def stuck_on_layer_3(collector, layers, *a, **kw):
+        res = real(collector, layers, *a, **kw)
+        for layer in layers:
+            if layer == 3:
+                res.stats[layer]["recall_learned"] = res.stats[layer]["recall_random"]
+        return res
+
+    monkeypatch.setattr(learned_mod, "calibrate", stuck_on_layer_3)
+    lines = []
+    g = torch.Generator().manual_seed(0)
+    samples = [torch.randint(3, 300, (96,), generator=g).tolist() for _ in range(4)]
+    hm = hatac.convert(tiny_model("llama"), hatac.HataConfig(budget=0.25, rbits=64), samples=samples, progress=lines.append)
+    assert hm.manifest["calibration"]["layers_not_improved"] == [3]
+    assert any(line.startswith("warning: 1 of 2 layers did not beat their random start") and line.endswith(": 3") for line in lines), lines
