@@ -277,8 +277,10 @@ def test_training_starts_from_the_random_hash(unit_init):
     assert res.steps == 0 and res.recall_best == res.recall_init
     norms = res.w.norm(dim=1)
     assert torch.allclose(norms, torch.ones_like(norms)) if unit_init else torch.equal(res.w, init)
-    x = torch.randn(100, 32)
-    assert torch.equal(torch.einsum("nd,hdr->hnr", x, res.w) > 0, torch.einsum("nd,hdr->hnr", x, init) > 0)
+    x = torch.randn(100, 32, generator=torch.Generator().manual_seed(0))
+    got, want = torch.einsum("nd,hdr->hnr", x, res.w), torch.einsum("nd,hdr->hnr", x, init)
+    clear = want.abs() > 1e-4 * want.abs().mean()  # products within rounding of 0 may take either sign
+    assert clear.float().mean() > 0.99 and torch.equal((got > 0)[clear], (want > 0)[clear])
     assert TrainConfig().unit_init and not TrainConfig.paper().unit_init
 
 
