@@ -26,10 +26,14 @@ from .train import TrainConfig
 # How much calibration work a conversion does. "full" is the trainer's default (32 query positions a
 # prompt, up to 300 full-batch steps): minutes a layer on a 2-core CPU, seconds on a GPU. "fast" is the CPU
 # setting: more query positions (48 a prompt, so the held-out set is ~130 queries on the 14 prompts of
-# hatac/data/calib.jsonl) but one prompt a step (mini-batches of <= 2^20 pairs) at lr 0.3, 100 steps, so a
-# layer of SmolLM2-135M trains in ~15 s on 2 cores. Measured on SmolLM2 layers 2/12/24, r 128, held-out
-# recall@1/32 (random 0.397): old fast (8 queries a prompt, full batch) 0.478 in 90 s a layer; this 0.50
-# in ~30 s (150 steps); lr 1.0 diverged. "auto" picks "full" on CUDA and "fast" elsewhere.
+# hatac/data/calib.jsonl) but one prompt a step (mini-batches of <= 2^20 pairs) at lr 0.3, 100 steps.
+# Measured on SmolLM2 layers 2/12/24, r 128, held-out recall@1/32 (random 0.397): old fast (8 queries a
+# prompt, full batch) 0.478 in 90 s a layer; this 0.50 in ~30 s (150 steps); lr 1.0 diverged. Since training
+# starts from unit-norm columns (train.py), a SmolLM2 layer trains in ~1.5 s at this effort and the
+# default `hatac convert smollm2` spends ~60 s collecting and ~40 s training (2-core CPU, 2026-12-07);
+# 300 steps with patience 4 gained nothing on evaluation text (screen of layers 2/6/.../29, recall@1/32
+# 0.483 vs 0.481, `python -m hatac.evaluation.screen smollm2 --layers 2,6,10,14,18,22,26,29 --effort fast
+# --variant fast: --variant s300:max_steps=300,patience=4`). "auto" picks "full" on CUDA, "fast" elsewhere.
 EFFORTS = {
     "full": {"queries_per_prompt": 32, "train": {}},
     "fast": {"queries_per_prompt": 48, "train": {"max_steps": 100, "eval_every": 25, "patience": 2, "lr": 0.3, "max_batch_pairs": 1 << 20}},
