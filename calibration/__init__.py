@@ -8,6 +8,7 @@
 - synthetic.py: structured synthetic q/k for tests and the learned-vs-random benchmark.
 """
 
+from . import learned as _learned  # noqa: F401  (registers the "learned" hash method; calibrate registers "random")
 from .calibrate import CalibrationResult, calibrate, evaluate_weights, random_weights
 from .collect import PairBatch, PairCollector, PromptBlock
 from .labels import hata_labels

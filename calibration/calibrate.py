@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hatac.config import HataConfig
+from hatac.graphs import LayerSpec
+from hatac.hashing import HashingInputs, Weights, register_hash_method
+
 from .collect import PairCollector
 from .metrics import oracle_topk, recall_at_k
 from .train import TrainConfig, train_layer
@@ -126,3 +130,13 @@ def evaluate_weights(
             oracles = [oracle_topk(b, budget) for b in batches]
             out[layer] = recall_at_k(w, batches, budget, oracles=oracles)
     return out
+
+
+@register_hash_method("random")
+def random_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: HashingInputs) -> tuple[Weights, dict]:
+    """Sign random projection: the untrained LSH baseline, the very W learned hashing starts from."""
+    weights = {}
+    for layer, s in specs.items():
+        if s.hashed:
+            weights.update(random_weights([layer], s.n_kv_heads, s.head_dim, s.rbits, config.seed))
+    return weights, {"method": "random", "seed": config.seed}

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from hatac import distributed
+from hatac.distributed import groups as distributed
 from hatac.config import HataConfig
 from hatac.errors import HatacError, SettingError
 from hatac.graphs import LayerSpec

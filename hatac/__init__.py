@@ -6,7 +6,7 @@
     model.generate(ids, max_new_tokens=32)
 """
 
-__version__ = "0.1.0"
+from hatac.version import __version__  # noqa: E402
 
 from hatac import ops as ops  # noqa: E402  (registers the hatac:: ops)
 from hatac.config import HataConfig  # noqa: E402
@@ -20,13 +20,13 @@ def convert(*args, **kwargs):
 
 
 def save(*args, **kwargs):
-    from hatac.artifact import save as _save
+    from hatac.artifact.store import save as _save
 
     return _save(*args, **kwargs)
 
 
 def load(*args, **kwargs):
-    from hatac.artifact import load as _load
+    from hatac.artifact.store import load as _load
 
     return _load(*args, **kwargs)
 

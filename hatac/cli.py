@@ -63,8 +63,10 @@ def _progress(msg: str) -> None:
 def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto", fuse_encode: bool = True, fuse_linears: bool = True):
     import torch
 
-    from hatac import artifact, distributed
-    from hatac.calib_data import load_calibration
+    from hatac.artifact import store as artifact
+
+    from hatac.distributed import groups as distributed
+    from hatac.data.calib import load_calibration
     from hatac.config import HataConfig
     from hatac.converter import convert
     from hatac.data import calibration_file
@@ -86,7 +88,7 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
         calib = calibration_file()
         say(f"calibration prompts: the bundled {calib.name} (pass --calib FILE.jsonl for your own)")
     if model_id == "smollm2":
-        from hatac.assets import smollm2_dir
+        from hatac.data.assets import smollm2_dir
 
         say("preparing the bundled SmolLM2-135M-Instruct")
         model_id = str(smollm2_dir())
@@ -146,7 +148,7 @@ def convert(
 
 
 def _inspect(path: Path, graph: bool):
-    from hatac.artifact import verify
+    from hatac.artifact.store import verify
 
     checked = verify(path)
     manifest = checked["manifest"]
@@ -175,8 +177,8 @@ def _inspect(path: Path, graph: bool):
     out.print(f"verified: {checked['tensors']} tensors in {checked['files']} safetensors files, each header covering its file; "
               f"hash projections of {checked['hash_layers']} layers match the manifest's digest and shapes", highlight=False)
     if graph:
-        from hatac.artifact import load
-        from hatac.inspect_graph import op_count_lines
+        from hatac.artifact.store import load
+        from hatac.export.op_counts import op_count_lines
 
         model = load(path, device="cpu")
         for line in op_count_lines(model):
@@ -200,7 +202,7 @@ def _generate(path: Path, prompt: str, max_new_tokens: int, device: Optional[str
     import torch
     from transformers import AutoTokenizer
 
-    from hatac.artifact import load
+    from hatac.artifact.store import load
 
     if max_new_tokens < 1:
         raise HatacError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
@@ -270,7 +272,7 @@ def generate(
 
 
 def _export(path: Path, fmt: str, output: Path, graph: str, overwrite: bool):
-    from hatac.artifact import load
+    from hatac.artifact.store import load
     from hatac.export import check_format, check_output, export, parse_variants
 
     check_format(fmt)
@@ -318,8 +320,8 @@ def demo(
     """
 
     def run():
-        from hatac.artifact import load, load_source_model, parse_device
-        from hatac.assets import cache_root, smollm2_dir
+        from hatac.artifact.store import load, load_source_model, parse_device
+        from hatac.data.assets import cache_root, smollm2_dir
         from hatac.data import calibration_file
 
         dest = output or cache_root() / "artifacts" / "smollm2-hata"
@@ -409,7 +411,7 @@ def bench_kernels(
 
     def run():
         _need_cuda()
-        from hatac.bench_kernels import run as bench
+        from hatac.bench.kernels import run as bench
 
         bench(output)
 
@@ -433,12 +435,12 @@ def bench_generate(
 
     def run():
         if merge:
-            from hatac.bench_generate import merge as join
+            from hatac.bench.generate import merge as join
 
             join(merge, output, say=print)
             return
         _need_cuda()
-        from hatac.bench_generate import run as bench
+        from hatac.bench.generate import run as bench
 
         bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress, profile=profile, fuse_linears=fuse_linears)
 
@@ -462,7 +464,7 @@ def bench_tp(
 
     def run():
         _need_cuda()
-        from hatac.bench_tp import run as bench
+        from hatac.bench.tp import run as bench
 
         bench(output, batch, context, budget, steps, layers, compile, check, baseline, say=_progress, bench=timing)
 

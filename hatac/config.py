@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from hatac.errors import SettingError
+from hatac.errors import HatacError, SettingError
 
 HASH_METHODS = ("random", "learned")
 
@@ -32,11 +32,11 @@ class HataConfig:
     # Per-layer budget overrides {layer index: budget}.
     layer_budgets: dict[int, float] = field(default_factory=dict)
     # Decode graphs encode the query and the new key in one op that also writes the key's code, key and
-    # value rows (hatac.passes.fusions.FuseEncodeStep, FuseCacheWrites): one kernel a hashed layer
+    # value rows (hatac.passes.fusion.encode_write.FuseEncodeStep, FuseCacheWrites): one kernel a hashed layer
     # instead of five. Same values.
     fuse_encode: bool = True
     # Linears that share an input (q/k/v, gate/up) run as one GEMM on their stacked weight
-    # (hatac.passes.sibling_linears.FuseSiblingLinears): fewer, larger GEMMs at decode. Same math; the
+    # (hatac.passes.fusion.sibling_linears.FuseSiblingLinears): fewer, larger GEMMs at decode. Same math; the
     # stacked GEMM may round differently in the last bits.
     fuse_linears: bool = True
     version: int = 1

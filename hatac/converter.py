@@ -9,8 +9,9 @@ import torch
 from hatac.capture import CapturedGraph, capture
 from hatac.config import HataConfig
 from hatac.graphs import analyze, build_graphs
+import hatac.calibration  # noqa: F401  (registers the hash methods)
 from hatac.hashing import HashingInputs, hash_weights_for
-from hatac.model import HataForCausalLM
+from hatac.runtime.model import HataForCausalLM
 from hatac.passes.base import PassBase
 
 

@@ -1,6 +1,7 @@
 """How hash projections are made, one handler per ``--hash`` method, looked up in a registry.
 
-A handler takes the layer specs, the recipe and a :class:`HashingInputs` (the observe graph and the
+The handlers live with the code that makes the weights (``hatac.calibration`` registers ``random`` and
+``learned`` when imported; :func:`hatac.convert` imports it). A handler takes the layer specs, the recipe and a :class:`HashingInputs` (the observe graph and the
 calibration token ids, for methods that learn) and returns ``(weights, summary)``: one float32
 ``(H_kv, head_dim, r)`` tensor per hashed layer, and a JSON-able summary for the manifest.
 """
@@ -40,21 +41,7 @@ def register_hash_method(name: str):
 
 
 def hash_weights_for(specs: dict[int, LayerSpec], config: HataConfig, inputs: HashingInputs) -> tuple[Weights, dict]:
-    import hatac.calibration.learned  # noqa: F401  (registers "learned")
-
     handler = _HANDLERS.get(config.hash)
     if handler is None:
         raise HatacError(f"no hash method {config.hash!r}; known: {', '.join(sorted(_HANDLERS))}")
     return handler(specs, config, inputs)
-
-
-@register_hash_method("random")
-def random_hashing(specs: dict[int, LayerSpec], config: HataConfig, inputs: HashingInputs) -> tuple[Weights, dict]:
-    """Sign random projection: the untrained LSH baseline, the very W learned hashing starts from."""
-    from hatac.calibration import random_weights
-
-    weights = {}
-    for layer, s in specs.items():
-        if s.hashed:
-            weights.update(random_weights([layer], s.n_kv_heads, s.head_dim, s.rbits, config.seed))
-    return weights, {"method": "random", "seed": config.seed}

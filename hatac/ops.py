@@ -126,7 +126,7 @@ def rope_hash_encode_step_kv(
 ) -> tuple[Tensor, Tensor]:
     """``hash_encode_step_kv`` of the query and key after their rotary embedding (rotate-half form, on the
     first R dims of the head; cos, sin: (B, S, R)): returns ``(q_codes, rotated q)``. For decode graphs
-    (hatac.passes.decode_rope.FuseRoPEEncode): its CUDA body rotates, hashes and writes the caches in one
+    (hatac.passes.decode.rope.FuseRoPEEncode): its CUDA body rotates, hashes and writes the caches in one
     launch. A runtime op, like ``hatac::linear``."""
     return reference.rope_hash_encode_step_kv(q, k, v, cos, sin, w, k_cache, v_cache, k_codes, write_pos)
 
@@ -141,7 +141,7 @@ def _(q, k, v, cos, sin, w, k_cache, v_cache, k_codes, write_pos):
 @torch.library.custom_op("hatac::linear", mutates_args=())
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, l2_prefetch: float = 0.0) -> Tensor:
     """``F.linear``, for decode graphs: its CUDA body streams the weight with a Triton GEMV when ``x`` has a
-    few rows (hatac.passes.decode_linears.RouteDecodeLinears puts it in the compiled decode step).
+    few rows (hatac.passes.decode.linears.RouteDecodeLinears puts it in the compiled decode step).
     ``l2_prefetch`` (a hint, no effect on the result): the fraction of the weight the GEMV asks the L2 for
     before it waits for the kernel in front of it. Not part of a converted graph: a runtime op, so it is not
     in ``HATA_OPS``."""
@@ -156,7 +156,7 @@ def _(x, weight, bias=None, l2_prefetch=0.0):
 @torch.library.custom_op("hatac::linear_silu_mul", mutates_args=())
 def linear_silu_mul(x: Tensor, weight: Tensor) -> Tensor:
     """``SiLU(g) * u`` for ``[g | u] = F.linear(x, weight)``: a gated MLP's stacked gate/up projection and its
-    activation, for decode graphs (hatac.passes.decode_linears.FuseGatedLinear). Its CUDA body is the GEMV
+    activation, for decode graphs (hatac.passes.decode.linears.FuseGatedLinear). Its CUDA body is the GEMV
     storing only the product. A runtime op, like ``hatac::linear``."""
     return reference.linear_silu_mul(x, weight)
 
@@ -171,7 +171,7 @@ def _(x, weight):
 def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """``s = x + residual`` and ``weight * RMSNorm(s)`` (float32 statistics, rounded as a Llama-style decoder
     rounds): a residual add and the next block's norm, for decode graphs
-    (hatac.passes.decode_norms.FuseAddRMSNorm). Its CUDA body is one kernel launched with programmatic
+    (hatac.passes.decode.norms.FuseAddRMSNorm). Its CUDA body is one kernel launched with programmatic
     dependent launch. A runtime op, like ``hatac::linear``."""
     return reference.add_rms_norm(x, residual, weight, eps)
 

@@ -15,15 +15,15 @@ from urllib.parse import parse_qsl, urlencode
 
 from hatac.errors import HatacError
 from hatac.passes.base import PassBase
-from hatac.passes.cache_inputs import AddCacheInputs
+from hatac.passes.rewrite.cache_inputs import AddCacheInputs
 from hatac.passes.cleanup import EliminateDeadCode
-from hatac.passes.find_attention import FindAttentionSites
-from hatac.passes.fusions import FuseCacheWrites, FuseEncodeStep
-from hatac.passes.layer_policy import AssignLayerPolicy
-from hatac.passes.observe import ExposeQueriesKeys
-from hatac.passes.repeat_kv import StripRepeatKV
-from hatac.passes.rewrite_attention import RewriteDenseAttention, RewriteHashedAttention
-from hatac.passes.sibling_linears import FuseSiblingLinears
+from hatac.passes.rewrite.find_attention import FindAttentionSites
+from hatac.passes.fusion.encode_write import FuseCacheWrites, FuseEncodeStep
+from hatac.passes.rewrite.layer_policy import AssignLayerPolicy
+from hatac.passes.rewrite.observe import ExposeQueriesKeys
+from hatac.passes.rewrite.repeat_kv import StripRepeatKV
+from hatac.passes.rewrite.rewrite_attention import RewriteDenseAttention, RewriteHashedAttention
+from hatac.passes.fusion.sibling_linears import FuseSiblingLinears
 
 BEFORE_REWRITE = "before_rewrite"
 AFTER_REWRITE = "after_rewrite"

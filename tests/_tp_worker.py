@@ -1,4 +1,4 @@
-"""Worker processes of tests/test_tp.py: one gloo process group of ``world`` CPU processes.
+"""Worker processes of tests/distributed/test_tp.py: one gloo process group of ``world`` CPU processes.
 
 Each task runs in every process; rank 0's return value is saved for the test to compare with a
 one-process run.
@@ -30,7 +30,7 @@ def run_artifact(folder: str, tp: bool, allreduce_mode: str = "auto") -> dict:
     """Prefill logits, whole-text decode-mode logits and greedy tokens of an artifact, and (tensor parallel)
     which all-reduces ran and how many the graphs hold."""
     import hatac
-    from hatac import allreduce
+    from hatac.distributed import allreduce
 
     model = hatac.load(folder, device="cpu", tp=tp)
     ids, mask = prompts()
@@ -52,7 +52,7 @@ def allreduce_ops(world: int) -> dict:
     check) must leave every rank on the fallback, not hang."""
     import torch.distributed as dist
 
-    from hatac import allreduce
+    from hatac.distributed import allreduce
 
     rank, name = dist.get_rank(), dist.group.WORLD.group_name
     x = torch.arange(24, dtype=torch.float32).view(2, 1, 12) * (rank + 1)
@@ -91,7 +91,7 @@ def gpu_allreduce() -> dict:
     graph and compiled with torch.compile inside one; and the same bits on every rank."""
     import torch.distributed as dist
 
-    from hatac import allreduce
+    from hatac.distributed import allreduce
 
     rank, name = dist.get_rank(), dist.group.WORLD.group_name
     dev = torch.device("cuda", torch.cuda.current_device())
@@ -159,7 +159,7 @@ def main(rank: int, world: int, port: int, tasks: list, out: str, device: str = 
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from hatac import distributed
+    from hatac.distributed import groups as distributed
 
     distributed.setup(device)
     results = {}

@@ -1,4 +1,4 @@
-"""Broken user passes, loaded by file path in tests/test_passes.py to check how failures are reported."""
+"""Broken user passes, loaded by file path in tests/passes/test_passes.py to check how failures are reported."""
 
 import torch
 

@@ -54,7 +54,7 @@ def test_generate_carries_its_cache_through_every_step_without_warnings(llama, n
     uses (``cache`` from 5.24, ``past_key_values`` before), whether the caller passes one under either
     name or none; greedy tokens equal the dense model's at full budget; no deprecation warning."""
     model, hm = llama
-    from hatac.model import CACHE_KWARG
+    from hatac.runtime.model import CACHE_KWARG
 
     ids = torch.randint(3, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
     kw = dict(max_new_tokens=7, do_sample=False, pad_token_id=0)

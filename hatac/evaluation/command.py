@@ -35,9 +35,9 @@ def evaluate(
     """``learned``: ``calibrate`` (learned W for every r: from ``learned_from``, the cache, or calibrated now
     and cached), ``cached`` (only W from ``learned_from`` or the cache; other widths are left out of the
     learned curves), ``off``. Default: calibrate, or cached with ``quick``."""
-    from hatac import artifact
-    from hatac.assets import cache_root
-    from hatac.calib_data import load_calibration
+    from hatac.artifact import store as artifact
+    from hatac.data.assets import cache_root
+    from hatac.data.calib import load_calibration
 
     learned = learned or ("cached" if quick else "calibrate")
     if learned not in LEARNED_MODES:
@@ -55,7 +55,7 @@ def evaluate(
     dev = artifact.parse_device(device)
     dt = artifact.parse_dtype(dtype)
     if model_id == "smollm2":
-        from hatac.assets import smollm2_dir
+        from hatac.data.assets import smollm2_dir
 
         progress("preparing the bundled SmolLM2-135M-Instruct")
         model_id = str(smollm2_dir())

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from hatac.config import HataConfig
 from hatac.errors import HatacError
 from hatac.evaluation.session import EvalModel
+import hatac.calibration  # noqa: F401  (registers the hash methods)
 from hatac.hashing import HashingInputs, hash_weights_for
 
 LearnWeights = Callable[[int], dict[int, torch.Tensor]]

@@ -23,7 +23,7 @@ from hatac.errors import HatacError
 from hatac.evaluation.policies import Policy, select
 from hatac.ops import op_name
 from hatac.passes.base import DECODE, PREFILL, PassBase, PassContext, PassResult
-from hatac.passes.fusions import unfold_cache_writes
+from hatac.passes.fusion.encode_write import unfold_cache_writes
 
 SELECTOR = "hatac_eval_selector"
 

@@ -27,7 +27,7 @@ from hatac.evaluation.perplexity import documents_nll
 from hatac.evaluation.policies import HashPolicy, Loki, Oracle, Policy, Quest, StreamingLLM
 from hatac.evaluation.recall import layer_recall, query_positions
 from hatac.evaluation.session import EvalModel
-from hatac.texts import Document, eval_documents
+from hatac.data.texts import Document, eval_documents
 
 TARGET_BUDGETS = (1 / 32, 1 / 16)
 
@@ -41,7 +41,7 @@ class EvalSettings:
     rbits: tuple[int, ...] = (32, 64, 128, 256)
     main_rbits: int = 128
     dense_layers: int = 2
-    # Perplexity and recall documents (hatac.texts.eval_documents: plays and stdlib code alternately).
+    # Perplexity and recall documents (hatac.data.texts.eval_documents: plays and stdlib code alternately).
     n_docs: int = 2
     doc_tokens_min: int = 3072
     doc_tokens_max: int = 3072
@@ -183,7 +183,7 @@ def run(
 
     ``calib_samples``: calibration token lists (Loki's PCA; never evaluation text). ``learn_weights(r)``
     returns hatac's learned ``{layer: W}`` at r bits (None: learned hashing is left out).
-    ``documents``: perplexity/recall documents (default: ``hatac.texts.eval_documents``). ``em``: an
+    ``documents``: perplexity/recall documents (default: ``hatac.data.texts.eval_documents``). ``em``: an
     :class:`EvalModel` of ``model`` to reuse (its capture is most of the setup time). ``results.json`` is
     written after each metric (``"partial": true`` until the end), so a stopped run keeps what it finished.
     """

@@ -138,16 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
     try:
-        from hatac import artifact
-        from hatac.calib_data import load_calibration
+        from hatac.artifact import store as artifact
+        from hatac.data.calib import load_calibration
         from hatac.data import calibration_file
-        from hatac.texts import eval_documents
+        from hatac.data.texts import eval_documents
 
         variants = dict(parse_variant(v) for v in a.variant) or {"default": {}}
         layers = [int(x) for x in a.layers.split(",")]
         model_id = a.model
         if model_id == "smollm2":
-            from hatac.assets import smollm2_dir
+            from hatac.data.assets import smollm2_dir
 
             model_id = str(smollm2_dir())
         model, tok = artifact.load_source_model(model_id, artifact.parse_device(a.device), torch.float32)

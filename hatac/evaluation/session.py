@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from hatac import reference
-from hatac.cache import HataCache
+from hatac.runtime.cache import HataCache
 from hatac.capture import CapturedGraph
 from hatac.config import HataConfig
 from hatac.evaluation.policies import Policy
 from hatac.evaluation.policy_pass import Selector, UseSelectionPolicy
 from hatac.graphs import analyze
-from hatac.passes.cache_inputs import TOPK_WIDTH
+from hatac.passes.rewrite.cache_inputs import TOPK_WIDTH
 
 DENSE, SPARSE = "prefill", "decode"
 

@@ -14,9 +14,9 @@ import torch
 import torch.fx as fx
 
 from hatac.errors import HatacError
-from hatac.inspect_graph import layer_of, op_label
+from hatac.export.op_counts import layer_of, op_label
 from hatac.ops import op_name
-from hatac.passes.cache_inputs import TOPK_WIDTH, WRITE_POS
+from hatac.passes.rewrite.cache_inputs import TOPK_WIDTH, WRITE_POS
 
 DECODE, PREFILL = "decode", "prefill"
 VARIANTS = (DECODE, PREFILL)
@@ -239,9 +239,9 @@ def atomic_file(path: Path, overwrite: bool = False):
 
 @contextlib.contextmanager
 def atomic_dir(path: Path, overwrite: bool = False):
-    """A temporary sibling folder renamed onto ``path`` when complete (:func:`hatac.artifact.atomic_dir`),
+    """A temporary sibling folder renamed onto ``path`` when complete (:func:`hatac.artifact.store.atomic_dir`),
     with the permissions a plain ``mkdir`` would give it."""
-    from hatac.artifact import atomic_dir as _atomic_dir
+    from hatac.artifact.store import atomic_dir as _atomic_dir
 
     with _atomic_dir(Path(path), overwrite) as tmp:
         umask = os.umask(0)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from hatac import reference
 from hatac.errors import HatacError
-from hatac.passes.fusions import unfold_cache_writes
+from hatac.passes.fusion.encode_write import unfold_cache_writes
 from hatac.passes.pattern import mutated_args
 
 ops = torch.ops.hatac

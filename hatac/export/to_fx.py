@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hatac
+from hatac.version import __version__
 from hatac.export.common import SIZES, atomic_dir, graph_of, layer_paths, node_layer, op_counts, shapes_for, target_label
 
 COLUMNS = ("name", "op", "target", "layer", "shape")
@@ -41,7 +41,7 @@ def _header(model, variant: str) -> str:
     gm = graph_of(model, variant)
     hatac_counts = {k: v for k, v in sorted(op_counts(gm.graph.nodes).items()) if k.startswith("hatac.")}
     lines = [
-        f"# hatac {variant} graph of {type(model.hf_model).__name__} (hatac {hatac.__version__}), written by `hatac export --format fx`.",
+        f"# hatac {variant} graph of {type(model.hf_model).__name__} (hatac {__version__}), written by `hatac export --format fx`.",
         "# For reading: `self` is the graph module; parameters keep the model's module paths, hash projections are hatac_w_<layer>.",
         f"# Shapes in {variant}_nodes.tsv are for batch {SIZES.batch}, {SIZES.seq(variant)} new token(s), {SIZES.past(variant)} cached, {SIZES.capacity} cache slots.",
         "# Inputs: " + ", ".join(n.name for n in gm.graph.nodes if n.op == "placeholder"),

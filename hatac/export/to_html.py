@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch.fx as fx
 
-import hatac
+from hatac.version import __version__
 from hatac.export.common import SIZES, atomic_file, graph_of, hatac_op, layer_paths, node_layer, shapes_for, target_label
 
 CSS = """
@@ -153,7 +153,7 @@ def render(model, variants=("decode", "prefill")) -> str:
         "<!doctype html>",
         f'<html lang="en"><head><meta charset="utf-8"><title>hatac graphs: {_e(name)}</title><style>{CSS}</style><script>{SCRIPT}</script></head><body>',
         f"<h1>hatac graphs &mdash; {_e(name)}</h1>",
-        f'<p class="meta">hatac {_e(hatac.__version__)} &middot; recipe: <span class="mono">{_e(recipe)}</span>'
+        f'<p class="meta">hatac {_e(__version__)} &middot; recipe: <span class="mono">{_e(recipe)}</span>'
         + (f' &middot; user passes: <span class="mono">{_e(passes)}</span>' if passes else "") + "</p>",
         '<p class="legend"><span><span class="hatacop">hatac op</span> rows are highlighted</span>'
         '<span><span class="tag hashed">hashed</span> hash-aware top-k attention</span><span><span class="tag dense">dense</span> exact attention over the cache</span></p>',

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-import hatac
+from hatac.version import __version__
 from hatac.errors import HatacError
 from hatac.export.common import SIZES, atomic_dir, dynamic_shapes, example_inputs, graph_of, input_names
 
@@ -74,7 +74,7 @@ def to_onnx_model(model, variant: str):
     proto = program.model_proto
     _name_dims(proto, graph_of(model, variant), variant)
     meta = {
-        "hatac.version": hatac.__version__,
+        "hatac.version": __version__,
         "hatac.graph": variant,
         "hatac.layers": json.dumps([s.to_dict() for s in model.layers.values()]),
         "hatac.recipe": json.dumps(model.recipe.to_dict()),

@@ -1,0 +1,2 @@
+"""Several GPUs: process groups (:mod:`.groups`), tensor-parallel sharding (:mod:`.tp`) and the all-reduce op
+(:mod:`.allreduce`)."""
