@@ -6,29 +6,28 @@
     model.generate(ids, max_new_tokens=32)
 """
 
-from hatac.version import __version__  # noqa: E402
+from hatac import ops as ops  # (registers the hatac:: ops)
+from hatac.config import HataConfig
+from hatac.errors import HatacError
+from hatac.version import __version__
 
-from hatac import ops as ops  # noqa: E402  (registers the hatac:: ops)
-from hatac.config import HataConfig  # noqa: E402
-from hatac.errors import HatacError  # noqa: E402
-
-
-def convert(*args, **kwargs):
-    from hatac.converter import convert as _convert
-
-    return _convert(*args, **kwargs)
+_LAZY = {"convert": "hatac.converter", "save": "hatac.artifact.store", "load": "hatac.artifact.store"}
 
 
-def save(*args, **kwargs):
-    from hatac.artifact.store import save as _save
+def __getattr__(name: str):
+    """``convert``, ``save`` and ``load`` are the functions themselves (``help(hatac.load)`` shows their
+    parameters), imported on first use so that ``import hatac`` stays light."""
+    if name in _LAZY:
+        import importlib
 
-    return _save(*args, **kwargs)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hatac' has no attribute {name!r}")
 
 
-def load(*args, **kwargs):
-    from hatac.artifact.store import load as _load
-
-    return _load(*args, **kwargs)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = ["HataConfig", "HatacError", "convert", "load", "ops", "save", "__version__"]

@@ -24,10 +24,20 @@ def convert(
     progress: Callable[[str], None] | None = None,
     captured: CapturedGraph | None = None,
 ) -> HataForCausalLM:
-    """Capture ``model``, make its hash projections (or take ``hash_weights``), rewrite its attention.
+    """Capture ``model``, make its hash projections, rewrite its attention: a :class:`HataForCausalLM`.
 
-    ``samples`` are calibration prompts as token-id lists (used by learned hashing). ``passes`` are user
-    passes slotted into the pipeline by their ``position``.
+    Args:
+        model: a transformers causal LM (``AutoModelForCausalLM``), on the device and in the dtype to convert in.
+        config: the recipe (:class:`hatac.HataConfig`; every field in docs/CONFIG.md). Default: ``HataConfig()``.
+        samples: calibration prompts as token-id lists, for ``hash="learned"``
+            (``hatac.data.calibration_samples(tokenizer)`` gives the bundled ones).
+        passes: user passes (:class:`hatac.passes.PassBase`), slotted into the pipeline by their ``position``.
+        hash_weights: ``{layer: (H_kv, head_dim, r) tensor}`` to use instead of making projections (how
+            :func:`hatac.load` replays an artifact).
+        progress: called with one line at a time while calibrating (e.g. ``print``).
+        captured: a graph already captured from ``model`` (:func:`hatac.capture.capture`), to skip capture.
+
+    Raises :class:`hatac.HatacError` (one line) when the model or the recipe cannot be converted.
     """
     config = config or HataConfig()
     model.eval()

@@ -120,7 +120,20 @@ def load_source_model(model_id: str, device: torch.device, dtype: torch.dtype | 
 
 
 def save(model: HataForCausalLM, out: str | Path, tokenizer=None, source: str = "", source_dir: Path | None = None, passes: list[str] = (), overwrite: bool = False) -> Path:
-    """Write ``model`` as an artifact folder at ``out``."""
+    """Write ``model`` (from :func:`hatac.convert`) as an artifact folder that :func:`hatac.load` reads.
+
+    Args:
+        model: the converted model.
+        out: the folder to write; it must not exist or be empty, unless ``overwrite``. Written to a
+            temporary folder beside it and renamed when complete, so a failure leaves nothing behind.
+        tokenizer: saved with the model when given (``hatac generate`` needs one).
+        source: where the model came from (a hub id or folder), recorded in the manifest.
+        source_dir: the source model's folder; its weight files' sha256 go into the manifest.
+        passes: the user pass specs (``module:Class?arg=value``) the model was converted with, replayed on load.
+        overwrite: replace an existing artifact folder.
+
+    Returns the artifact folder.
+    """
     out = Path(out)
     if getattr(model.hf_model, "hatac_tp", None) is not None:
         raise HatacError("this model holds one tensor-parallel shard; save the artifact from a model loaded without tp")
@@ -213,8 +226,15 @@ def verify(path: str | Path) -> dict:
 def load(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, tp: bool = False) -> HataForCausalLM:
     """Load an artifact folder as a :class:`HataForCausalLM` whose ``generate()`` runs hatac's graphs.
 
-    ``tp=True`` (under ``torchrun --nproc-per-node N``): tensor parallel, each process loads its shard of
-    the heads and MLP onto its own GPU (see ``hatac/distributed/tp.py``); every process must call ``generate``.
+    The recipe in the manifest is replayed on the saved weights (capture, the same passes, the saved hash
+    projections), the projections checked against the manifest's sha256 first.
+
+    Args:
+        path: the artifact folder (from :func:`hatac.save` or ``hatac convert``).
+        device: where to load it (``"cuda"``, ``"cpu"``, ...); default: the GPU if there is one.
+        dtype: ``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype; default: the saved one.
+        tp: under ``torchrun --nproc-per-node N``, tensor parallel: each process loads its shard of the
+            heads and MLP onto its own GPU (:mod:`hatac.distributed.tp`); every process must call ``generate``.
     """
     from transformers import AutoModelForCausalLM
 

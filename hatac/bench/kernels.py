@@ -77,7 +77,6 @@ def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
     src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=DEVICE).uniform_()
     dst = torch.empty_like(src)
     ms = _bench(lambda: dst.copy_(src))
-    del src, dst
     return 2 * n_bytes / (ms * 1e-3)
 
 
@@ -355,7 +354,7 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt) -> 
         if alt:
             row["select_torch_topk_ms"] = _graph_bench(lambda: _torch_topk_select(sel, qc, codes, pos, k))
         rows.append(row)
-    del kc, vc, codes
+    kc = vc = codes = None  # free the caches before the next shape (closures above hold these cells)
     torch.cuda.empty_cache()
     return rows, dense_ms
 

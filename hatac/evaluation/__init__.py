@@ -1,4 +1,4 @@
-"""``hatac eval``: how well each token-selection method keeps the model's accuracy (issue #7).
+"""``hatac eval``: how well each token-selection method keeps the model's accuracy.
 
 - policies.py: the methods (oracle, hatac hashing, Quest, Loki, StreamingLLM), one selection API on
   ``hatac.reference.select_topk`` so every method keeps the same number of tokens.
