@@ -17,7 +17,6 @@ if not CUDA:
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 interp = pytest.mark.skipif(not INTERPRET, reason="interpreter checks run where there is no CUDA device")
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device, compiled Triton")]
 
 
 def kernel_module(name: str, kernel: str):

@@ -20,6 +20,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 import hatac  # noqa: E402,F401  (registers the ops)
 
 
+def pytest_collection_modifyitems(config, items):
+    """One mark for GPU tests: ``@pytest.mark.gpu`` runs compiled on a CUDA device and is skipped where there
+    is none (or where Triton interprets). The default ``-m 'not slow and not gpu'`` deselects them anyway;
+    ``-m gpu`` on a machine without CUDA reports them skipped rather than failing."""
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device and compiled Triton")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_tok():
     from _tiny_tokenizer import tiny_tokenizer

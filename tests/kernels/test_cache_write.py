@@ -40,7 +40,6 @@ def test_cache_write_matches_reference(b, h, s, t, x, cache_dtype, val_dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cache_write_op_dispatches_to_triton_on_cuda():
     cache = torch.zeros(2, 2, 8, 16, device="cuda", dtype=torch.bfloat16)
     vals = torch.randn(2, 2, 1, 16, device="cuda", dtype=torch.bfloat16)

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import sys
 import types
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from _kernel_mode import INTERPRET, interp  # sets the mode before any kernel module is imported
 
 triton = pytest.importorskip("triton")
 
@@ -45,8 +41,6 @@ def _kernel_modules():
 K = _kernel_modules()
 POISON = -123456789
 
-interp = pytest.mark.skipif(not INTERPRET, reason="interpreter checks run where there is no CUDA device")
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device, compiled Triton")]
 
 
 def _codes(shape, device, gen, distinct=None):
@@ -150,7 +144,6 @@ def test_hash_encode_step_kv_interp(case, dv):
 
 @pytest.mark.parametrize("case", ENCODE_GPU)
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_hash_encode_gpu(case):
     for seed in range(2):
         _check_encode("cuda", *case, seed=seed)
@@ -160,7 +153,6 @@ def test_hash_encode_gpu(case):
     "case", [(8, 8, 4, 1, 128, 128, 4096, torch.bfloat16), (2, 2, 16, 3, 64, 256, 100, torch.float16), (1, 4, 1, 1, 256, 32, 10, torch.float32)]
 )
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_hash_encode_step_gpu(case):
     _check_encode_step("cuda", *case, seed=3)
     _check_encode_step("cuda", *case, seed=4, dv=case[4])
@@ -214,7 +206,6 @@ def test_rope_hash_encode_step_kv_interp(case, rot):
              (1, 4, 1, 1, 256, 32, 10, torch.float32), (3, 2, 7, 1, 96, 64, 50, torch.bfloat16)]
 )
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_rope_hash_encode_step_kv_gpu(case):
     for seed in range(2):
         _check_rope_encode_step("cuda", *case, seed=seed)
@@ -321,7 +312,6 @@ def test_hamming_topk_wide_blocks_interp(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_hamming_topk_wide_blocks_gpu(monkeypatch):
     """The doubled two-warp blocks compiled: 32 rows over splits of 5 blocks, hint on (twice: the second call
     hits) and off, with ties."""
@@ -451,7 +441,6 @@ TOPK_GPU = [
 
 @pytest.mark.parametrize("case", TOPK_GPU)
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_hamming_topk_gpu(case):
     _check_topk("cuda", *case, seed=0)
     _check_topk("cuda", *case, seed=7, distinct=5)  # many ties
@@ -459,7 +448,6 @@ def test_hamming_topk_gpu(case):
 
 @pytest.mark.parametrize("d, dtype, lines", [(128, torch.bfloat16, 2), (64, torch.float16, 1), (256, torch.bfloat16, 4), (128, torch.float32, 4), (256, torch.float32, 0)])
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_hamming_topk_kv_prefetch_gpu(d, dtype, lines):
     """Given the K/V caches, the write pass prefetches the selected rows (lines a row, 0: a row size it
     does not take); the selection is the same."""
@@ -474,7 +462,6 @@ def test_hamming_topk_kv_prefetch_gpu(d, dtype, lines):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_hamming_topk_selection_hint_gpu():
     _check_hinted("cuda")
 
@@ -568,7 +555,6 @@ def test_sparse_attention_interp(case):
     ],
 )
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_sparse_attention_gpu(case):
     _check_attention("cuda", *case[:-1], seed=4, tol=case[-1])
     _check_attention("cuda", *case[:-1], seed=5, tol=case[-1])
@@ -607,7 +593,6 @@ def _decode_step(q, k, w, kc, vc, codes, pos):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device")
 def test_ops_dispatch_compile_and_graph_gpu():
     """torch.ops.hatac on CUDA runs the Triton bodies; fullgraph compile and CUDA-graph replay agree."""
     inputs = _decode_inputs()
