@@ -12,6 +12,7 @@ from hatac.graphs import analyze, build_graphs
 import hatac.calibration  # noqa: F401  (registers the hash methods)
 from hatac.hashing import HashingInputs, hash_weights_for
 from hatac.runtime.model import HataForCausalLM
+from hatac.runtime.options import DecodeOptions
 from hatac.passes.base import PassBase
 
 
@@ -23,11 +24,13 @@ def convert(
     hash_weights: dict[int, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
     captured: CapturedGraph | None = None,
+    options: DecodeOptions | None = None,
 ) -> HataForCausalLM:
     """Capture ``model``, make its hash projections (or take ``hash_weights``), rewrite its attention.
 
     ``samples`` are calibration prompts as token-id lists (used by learned hashing). ``passes`` are user
-    passes slotted into the pipeline by their ``position``.
+    passes slotted into the pipeline by their ``position``. ``options``: how the model decodes
+    (:class:`hatac.DecodeOptions`, default: the defaults); not part of the recipe, never saved.
     """
     config = config or HataConfig()
     model.eval()
@@ -38,4 +41,4 @@ def convert(
         inputs = HashingInputs(observe_gm, observed, list(samples or []), next(model.parameters()).device, progress)
         hash_weights, summary = hash_weights_for(specs, config, inputs)
     graphs = build_graphs(captured, config, hash_weights, list(passes))
-    return HataForCausalLM(model, graphs, config, hash_weights, manifest={"calibration": summary})
+    return HataForCausalLM(model, graphs, config, hash_weights, manifest={"calibration": summary}, options=options)
