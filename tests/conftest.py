@@ -20,6 +20,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 import hatac  # noqa: E402,F401  (registers the ops)
 
 
+@pytest.fixture
+def kernel_options():
+    """``kernel_options(pdl=False, hamming_topk={"hint": False})``: change the current kernel options for this
+    test (hatac.kernels.options.override); the options from before the test come back after it."""
+    from hatac.kernels import options
+
+    saved = options.get()
+    yield options.override
+    options.override(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_tok():
     from _tiny_tokenizer import tiny_tokenizer
