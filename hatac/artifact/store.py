@@ -200,11 +200,6 @@ def verify(path: str | Path) -> dict:
     manifest and counts; raises :class:`HatacError` naming the first problem."""
     from safetensors import safe_open
 
-    options = check_options(options)
-    if allreduce is not None:
-        from hatac.distributed import allreduce as all_reduce
-
-        all_reduce.configure(allreduce)
     folder = Path(path)
     manifest = read_manifest(folder)
     hashed = read_hash_weights(folder, manifest)

@@ -14,7 +14,6 @@ from pyflakes import messages, reporter  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 GPU_ONLY = [
     "hatac/bench/generate.py",
-    "hatac/bench/kernels.py",
     "hatac/bench/tp.py",
     "hatac/runtime/decode_step.py",
     "hatac/distributed/allreduce.py",
