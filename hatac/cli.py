@@ -403,9 +403,23 @@ def _need_cuda():
         raise HatacError("benchmarks need a CUDA GPU (torch sees none)")
 
 
+_PDL_HELP = "Programmatic dependent launch of hatac's kernels (Hopper and later); --no-pdl for ordinary launches."
+_HINT_HELP = "The select's hint (each decode row's threshold bin kept between steps); --no-select-hint: the full fine pass."
+_KV_PF_HELP = "The select's write pass prefetches the selected K/V rows into L2; --no-kv-prefetch: it does not."
+
+
+def _kernel_options(pdl: bool, select_hint: bool, kv_prefetch: bool):
+    from hatac.kernels import options
+
+    return options.get().replace(pdl=pdl, hamming_topk={"hint": select_hint, "kv_prefetch": kv_prefetch})
+
+
 @bench_app.command("kernels")
 def bench_kernels(
     output: Path = typer.Option(Path("bench-kernels"), "-o", "--output", help="Folder for the JSON and the PNG plot."),
+    pdl: bool = typer.Option(True, "--pdl/--no-pdl", help=_PDL_HELP),
+    select_hint: bool = typer.Option(True, "--select-hint/--no-select-hint", help=_HINT_HELP),
+    kv_prefetch: bool = typer.Option(True, "--kv-prefetch/--no-kv-prefetch", help=_KV_PF_HELP),
 ):
     """Time one HATA decode step's kernels against dense SDPA decode."""
 
@@ -413,7 +427,7 @@ def bench_kernels(
         _need_cuda()
         from hatac.bench.kernels import run as bench
 
-        bench(output)
+        bench(output, kernels=_kernel_options(pdl, select_hint, kv_prefetch))
 
     _run(run)
 
@@ -430,6 +444,13 @@ def bench_generate(
     profile: bool = typer.Option(False, help="Also print each point's GPU time per kernel of one step (torch profiler)."),
     fuse_linears: bool = typer.Option(True, help="Convert with the recipe's fuse_linears (q/k/v and gate/up as one GEMM each); --no-fuse-linears for the separate GEMMs."),
     merge: List[Path] = typer.Option([], "--merge", help="Measure nothing: join these runs' bench_generate.json into -o (repeat the flag)."),
+    decode_linears: bool = typer.Option(True, "--decode-linears/--no-decode-linears", help="Route the decode step's linears through hatac::linear (DecodeOptions.linears)."),
+    decode_gated: bool = typer.Option(True, "--decode-gated/--no-decode-gated", help="Fuse gate/up and SiLU-and-mul into hatac::linear_silu_mul (DecodeOptions.gated)."),
+    decode_norm: bool = typer.Option(True, "--decode-norm/--no-decode-norm", help="Fuse residual add + RMSNorm into hatac::add_rms_norm (DecodeOptions.norm)."),
+    decode_rope: bool = typer.Option(True, "--decode-rope/--no-decode-rope", help="Fuse a hashed layer's RoPE into its encode launch (DecodeOptions.rope)."),
+    pdl: bool = typer.Option(True, "--pdl/--no-pdl", help=_PDL_HELP),
+    select_hint: bool = typer.Option(True, "--select-hint/--no-select-hint", help=_HINT_HELP),
+    kv_prefetch: bool = typer.Option(True, "--kv-prefetch/--no-kv-prefetch", help=_KV_PF_HELP),
 ):
     """Decode tokens/s of a Llama-3-8B-shaped model, hatac against dense in one run."""
 
@@ -442,7 +463,12 @@ def bench_generate(
         _need_cuda()
         from hatac.bench.generate import run as bench
 
-        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress, profile=profile, fuse_linears=fuse_linears)
+        from hatac.runtime.options import DecodeOptions
+
+        options = DecodeOptions(linears=decode_linears, gated=decode_gated, norm=decode_norm, rope=decode_rope,
+                                kernels=_kernel_options(pdl, select_hint, kv_prefetch))
+        bench(output, tuple(batch), tuple(context), tuple(budget), steps, layers, compile, say=_progress, profile=profile, fuse_linears=fuse_linears,
+              options=options)
 
     _run(run)
 
@@ -459,6 +485,8 @@ def bench_tp(
     check: bool = typer.Option(True, help="First compare a small model's tensor-parallel outputs with one GPU's."),
     baseline: bool = typer.Option(True, help="Also time the model on one GPU (rank 0) and print the ratio."),
     timing: bool = typer.Option(True, help="Time the Llama-3-8B-shaped model (--no-timing: the correctness check only)."),
+    allreduce: List[str] = typer.Option([], "--allreduce", help="All-reduce modes to time the TP step with: auto, nccl, one_shot, two_shot (repeat the flag; default: nccl and the micro-benchmark's fastest)."),
+    allreduce_max_bytes: Optional[int] = typer.Option(None, "--allreduce-max-bytes", help="Largest message of the fast all-reduces, and their buffer size (default 1 MiB)."),
 ):
     """Tensor-parallel decode tokens/s on N GPUs against one (under torchrun --nproc-per-node N)."""
 
@@ -466,7 +494,8 @@ def bench_tp(
         _need_cuda()
         from hatac.bench.tp import run as bench
 
-        bench(output, batch, context, budget, steps, layers, compile, check, baseline, say=_progress, bench=timing)
+        bench(output, batch, context, budget, steps, layers, compile, check, baseline, say=_progress, bench=timing,
+              allreduce_modes=tuple(allreduce), allreduce_max_bytes=allreduce_max_bytes)
 
     _run(run)
 

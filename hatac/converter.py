@@ -12,6 +12,7 @@ from hatac.graphs import analyze, build_graphs
 import hatac.calibration  # noqa: F401  (registers the hash methods)
 from hatac.hashing import HashingInputs, hash_weights_for
 from hatac.runtime.model import HataForCausalLM
+from hatac.runtime.options import DecodeOptions
 from hatac.passes.base import PassBase
 
 
@@ -23,6 +24,7 @@ def convert(
     hash_weights: dict[int, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
     captured: CapturedGraph | None = None,
+    options: DecodeOptions | None = None,
 ) -> HataForCausalLM:
     """Capture ``model``, make its hash projections, rewrite its attention: a :class:`HataForCausalLM`.
 
@@ -35,6 +37,8 @@ def convert(
         hash_weights: ``{layer: (H_kv, head_dim, r) tensor}`` to use instead of making projections (how
             :func:`hatac.load` replays an artifact).
         progress: called with one line at a time while calibrating (e.g. ``print``).
+        options: how the model decodes (:class:`hatac.DecodeOptions`; default: the defaults); not part of
+            the recipe, never saved.
         captured: a graph already captured from ``model`` (:func:`hatac.capture.capture`), to skip capture.
 
     Raises :class:`hatac.HatacError` (one line) when the model or the recipe cannot be converted.
@@ -48,4 +52,4 @@ def convert(
         inputs = HashingInputs(observe_gm, observed, list(samples or []), next(model.parameters()).device, progress)
         hash_weights, summary = hash_weights_for(specs, config, inputs)
     graphs = build_graphs(captured, config, hash_weights, list(passes))
-    return HataForCausalLM(model, graphs, config, hash_weights, manifest={"calibration": summary})
+    return HataForCausalLM(model, graphs, config, hash_weights, manifest={"calibration": summary}, options=options)

@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from hatac.kernels import options
+
 try:  # grid dependency control (programmatic dependent launch), Hopper and later
     from triton.backends.nvidia.compiler import CUDAOptions
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -34,20 +36,16 @@ def hw_flag(t: torch.Tensor) -> bool:
     return t.is_cuda and not interpreting()
 
 
-# Programmatic dependent launch for every hatac kernel on a GPU that has it; HATAC_PDL=0 turns it off
-# (examples/tune_kernels.py times both; docs/PERFORMANCE.md has the numbers).
-PDL = {"enabled": os.environ.get("HATAC_PDL", "1") != "0"}
-
-
 def pdl_flag(t: torch.Tensor) -> bool:
     """Whether kernels on ``t``'s device launch with programmatic dependent launch (``launch_pdl``).
 
     A kernel so launched may be scheduled while the previous kernel in the stream is still finishing; it
     calls :func:`grid_sync` before touching memory, which waits for that kernel to complete. That hides the
     launch gap between two kernels of a decode step (CUDA graphs keep the dependency as a programmatic
-    edge). Off in the interpreter, on GPUs before Hopper and with a Triton that lacks it."""
+    edge). Off in the interpreter, on GPUs before Hopper, with a Triton that lacks it and with the kernel
+    option ``pdl`` False (:mod:`hatac.kernels.options`)."""
     return (
-        _HAVE_PDL and PDL["enabled"] and hw_flag(t) and torch.cuda.get_device_capability(t.device)[0] >= 9
+        _HAVE_PDL and options.get().pdl and hw_flag(t) and torch.cuda.get_device_capability(t.device)[0] >= 9
     )
 
 

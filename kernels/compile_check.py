@@ -115,7 +115,7 @@ def recording(case: str, launches: list[Launch]):
     try:
         for m in saved_flags:
             m.hw_flag = lambda t: True
-        common.pdl_flag = lambda t: common._HAVE_PDL and common.PDL["enabled"]  # as on sm_90
+        common.pdl_flag = lambda t: common._HAVE_PDL and common.options.get().pdl  # as on sm_90
         select._l2_bytes = lambda device: _H100.L2_cache_size  # the select's K/V prefetch gate reads it
         attention.device_properties = lambda device: _H100  # the dense decode's stages fit its shared memory
         JITFunction.run = record

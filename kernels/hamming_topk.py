@@ -45,57 +45,18 @@ its first block of key codes.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from hatac.errors import HatacError
+from hatac.kernels import options
 from hatac.kernels._common import (
     budget_args, device_properties, grid_sync, hw_flag, l2_prefetch, l2_prefetch_lines, next_pow2, pdl_args, popcount, reg_cap, select_count,
 )
+from hatac.kernels.hamming_topk_plan import _splits, plan, select_geometry  # noqa: F401  (plan: the tests' too)
+from hatac.kernels.selection_hint import hint_stats, selection_hint  # noqa: F401  (hint_stats: the benches')
 
-_NCB_MAX = 32  # coarse histogram bins in the scoring pass: tl.histogram costs grow with the bin count
-# Launch geometry (GPU); examples/tune_kernels.py sweeps these.
-CONFIG = {
-    "score_block_t": 512, "score_warps": 4, "programs": 2048, "max_splits": 64,  # launch 1
-    "score_prefetch": True,  # load the next block of codes before scoring this one
-    # Before waiting for the previous kernel, ask the L2 for up to this many slots of the split's codes (Hopper
-    # bulk prefetch; 0: off). The first blocks only: whole splits of a long cache do not fit in the L2 at once.
-    "score_l2_prefetch": os.environ.get("HATAC_SCORE_L2_PREFETCH", 1024),  # read when used: a bad value is an error then
-    "score_l2_ahead": 0,  # and, in the loop, bulk-prefetch the block this many blocks ahead (0: no)
-    # With the K/V caches passed in, the write pass prefetches the selected rows into L2 (HATAC_KV_PREFETCH=0:
-    # off) when they take at most this fraction of it. Bulk (TMA) prefetches a row made the write pass slower
-    # than the attention gained (H100, docs/PERFORMANCE.md); prefetch.global.L2 a 128-byte line is used.
-    "kv_prefetch": os.environ.get("HATAC_KV_PREFETCH", "1") != "0", "kv_prefetch_l2": 0.7,
-    # launches 2, 3; select_warps None: one warp a program when there are many rows (no cross-warp
-    # barriers in the histogram and prefix sums), four when few rows must fill the GPU from fewer programs
-    "select_block_t": 1024, "select_warps": None, "select_programs": 2048, "select_max_splits": 64,
-    # With select_warps None, one-warp programs whose split spans at least this many blocks take blocks twice
-    # as long and two warps instead (0: never). H100, B8/128K/2048 (4.5 blocks a split): the write kernel 22.4 ->
-    # 19.8 us, the step 128.8 -> 125.7 us with the hint hitting, 147.6 -> 140.9 with it off; at 32K (1.5 blocks)
-    # wide blocks cost 1.8-2.3 us with hits, so the rule keeps them to long splits (docs/PERFORMANCE.md, session 14).
-    "select_wide_blocks": 4,
-    # Write pass: load the first block of keys before working out the threshold, when a split has at most this
-    # many blocks (H100: -1 to -1.5 us at 1.5 blocks, even at 2.5, +1 us at 4.5; docs/PERFORMANCE.md). 0: never.
-    "write_prefetch_blocks": 2,
-    # decode (one query row): keep each row's threshold bin between calls (selection_hint); HATAC_SELECT_HINT=0: off
-    "hint": os.environ.get("HATAC_SELECT_HINT", "1") != "0",
-    # coarse bins the hint's window holds: 2 (the threshold's and its nearer neighbour) or 1 (the threshold's,
-    # as before session 13; the scoring pass still histograms two)
-    "hint_window": 2,
-    # Rows of the per-slot key buffer start every multiple of this many slots, whatever the cache length: the
-    # JIT then sees a row stride divisible by 16 and vectorizes the key stores and loads. A static cache of
-    # 32K + 24 slots (hatac bench generate's) otherwise compiles them one element at a time (docs/PERFORMANCE.md:
-    # 3.7 us a layer at B8/32K, 26 us at B8/128K).
-    "key_row_align": 64,
-    # register caps (ptxas maxrregcount) for launches 1 and 2-3; None: the compiler's choice
-    "score_maxnreg": None, "select_maxnreg": None,
-    "split_round": "up",  # split lengths rounded up ("up") or down ("down") to whole blocks; see _splits
-}
 _ROW_CHUNK = 256  # query rows per launch group when S > 1, as in the reference
-INTERP_BLOCKS = {"score": 64, "select": 128}  # block sizes under the interpreter (tests shrink them)
 
 
 @triton.jit
@@ -385,57 +346,9 @@ def _write_kernel(
             tl.store(out_base + p, tl.full((BLOCK_P,), -1, tl.int32), mask=(p >= n_sel) & (p < K))
 
 
-def plan(g: int, rbits: int) -> dict:
-    """Histogram geometry for scores in [0, g * rbits]: keys in [0, g * rbits + 1]."""
-    max_key = g * rbits + 1
-    shift = 1  # at least two fine bins
-    while (max_key >> shift) + 1 > _NCB_MAX:
-        shift += 1
-    ncb = next_pow2((max_key >> shift) + 1)
-    bits = g.bit_length()  # planes of values 0..g
-    j0 = 1 if g % 2 == 0 else 0
-    return dict(SHIFT=shift, NCB=ncb, NFB=1 << shift, L=bits, J0=j0,
-                key_dtype=torch.int16 if max_key < 2**15 else torch.int32)
-
-
-def _splits(n_rows: int, t: int, block_t: int, programs: int, max_splits: int) -> tuple[int, int]:
-    """Splits of the cache per row (a few tens at most: later launches read every split's histogram) and
-    their length in slots, a whole number of blocks, aiming at ``programs`` programs.
-
-    ``CONFIG["split_round"]`` says how a split's length becomes whole blocks. "up" (the default) can give a
-    third fewer, longer splits for a cache a little past a power of two (32K + 24 slots: 22 splits of 3
-    blocks); "down" gives one short split more (33 of 2). Measured on H100 (docs/PERFORMANCE.md): "down"
-    makes a hint miss 4 us and a hintless select 6 us cheaper at B8/32K, but a hit 1.6 us dearer, so at a
-    real model's 2/3 hit rate the two are even and "up" stays."""
-    want = max(1, min(max_splits, next_pow2(triton.cdiv(programs, n_rows))))
-    if CONFIG["split_round"] == "down":
-        chunk = max(1, triton.cdiv(t, want) // block_t) * block_t
-        if triton.cdiv(t, chunk) <= max_splits:
-            return triton.cdiv(t, chunk), chunk
-    chunk = triton.cdiv(triton.cdiv(t, want), block_t) * block_t
-    return triton.cdiv(t, chunk), chunk
-
-
-def select_geometry(n_rows: int, chunk: int, block_t: int) -> tuple[int, int]:
-    """(slots a block, warps a program) of the fine and write passes over splits of ``chunk`` slots.
-
-    One warp a program when there are many rows (no cross-warp barriers in the histograms and prefix sums),
-    four when few rows must fill the GPU from fewer programs. A one-warp program walks its split's blocks one
-    after the other, each behind a load of its keys (ncu, B8/128K: half the write pass's stalls wait on them),
-    so long splits (``CONFIG["select_wide_blocks"]`` blocks or more) take blocks twice as long on two warps:
-    half the chain a program, the same registers a thread."""
-    if CONFIG["select_warps"]:
-        return block_t, CONFIG["select_warps"]
-    if n_rows < 32:
-        return block_t, 4
-    wide = CONFIG["select_wide_blocks"]
-    if wide and chunk >= wide * block_t:
-        return 2 * block_t, 2
-    return block_t, 1
-
-
 def _block_t(codes: torch.Tensor) -> int:
-    return CONFIG["score_block_t"] if hw_flag(codes) else INTERP_BLOCKS["score"]
+    o = options.get().hamming_topk
+    return o.score_block_t if hw_flag(codes) else o.interp_score_block_t
 
 
 def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
@@ -449,7 +362,7 @@ def _prologue(q_codes: torch.Tensor, k_codes: torch.Tensor):
         raise ValueError(f"the Triton Hamming select takes at most 255 query heads per KV head, got {hq // hkv}")
     p = plan(hq // hkv, nw * 32)
     n_rows = b * hkv * s
-    align = CONFIG["key_row_align"]
+    align = options.get().hamming_topk.key_row_align
     keys = torch.empty((n_rows, triton.cdiv(t, align) * align), dtype=p["key_dtype"], device=q_codes.device)[:, :t]
     return k_codes, hq // hkv, t, n_rows, p, keys
 
@@ -458,11 +371,7 @@ def _l2_prefetch_slots(k_codes: torch.Tensor, nw: int) -> int:
     """Slots of codes each scoring program bulk-prefetches into L2 before its wait; 0 (none) unless on Hopper
     with PDL (the prefetch is issued before the wait) and every split's bytes are 16-aligned (a token's words
     a multiple of 16 bytes, an aligned base)."""
-    value = CONFIG["score_l2_prefetch"]
-    try:
-        slots = int(value)
-    except (TypeError, ValueError):
-        raise HatacError(f"HATAC_SCORE_L2_PREFETCH must be a whole number of slots (0: off), got {value!r}") from None
+    slots = options.get().hamming_topk.score_l2_prefetch
     ok = pdl_args(k_codes)["PDL"] and nw % 4 == 0 and k_codes.data_ptr() % 16 == 0
     return max(0, slots) if ok else 0
 
@@ -478,8 +387,9 @@ def score_keys(
     b, hq, s, nw = q_codes.shape
     k_codes, g, t, n_rows, p, keys = _prologue(q_codes, k_codes)
     hkv = k_codes.shape[1]
+    o = options.get().hamming_topk
     block_t = _block_t(q_codes)
-    n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["programs"], CONFIG["max_splits"])
+    n_splits, chunk = _splits(n_rows, t, block_t, o.programs, o.max_splits)
     pf_slots = _l2_prefetch_slots(k_codes, nw)
     hist1 = torch.empty((n_rows, n_splits, p["NCB"]), dtype=torch.int32, device=q_codes.device)
     hist2 = None if hint is None else torch.empty((n_rows, n_splits, 2 * p["NFB"]), dtype=torch.int32, device=q_codes.device)
@@ -488,11 +398,11 @@ def score_keys(
         s, hkv, t, keys.stride(0), chunk, n_splits, window, sink, recent, pf_slots,
         *q_codes.stride(), *k_codes.stride()[:2], *q_pos.stride(),
         G=g, NW=nw, NWP=next_pow2(nw), L=p["L"], J0=p["J0"],
-        SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=CONFIG["score_prefetch"],
-        HINT=hint is not None, NFB=p["NFB"], L2PF=pf_slots > 0, L2_AHEAD=CONFIG["score_l2_ahead"] if pf_slots else 0,
-        num_warps=CONFIG["score_warps"],
+        SHIFT=p["SHIFT"], NCB=p["NCB"], BLOCK_T=block_t, HW_POPC=hw_flag(q_codes), PREFETCH=o.score_prefetch,
+        HINT=hint is not None, NFB=p["NFB"], L2PF=pf_slots > 0, L2_AHEAD=o.score_l2_ahead if pf_slots else 0,
+        num_warps=o.score_warps,
         **pdl_args(q_codes),
-        **reg_cap(CONFIG["score_maxnreg"]),
+        **reg_cap(o.score_maxnreg),
     )
     return keys, hist1, p, n_splits, chunk, hist2
 
@@ -500,10 +410,11 @@ def score_keys(
 def _kv_prefetch_rows(q_codes: torch.Tensor, k_cache, v_cache, n_sel: int) -> int:
     """128-byte lines of one K (and V) row that the write pass prefetches for each selected slot: 1, 2 or 4,
     or 0 for no prefetch. Only on Hopper with PDL, for caches (B, Hkv, T, D) of one row size, rows 16-byte
-    aligned, and when the ``n_sel`` selected K and V rows take at most ``CONFIG["kv_prefetch_l2"]`` of the
+    aligned, and when the ``n_sel`` selected K and V rows take at most ``kv_prefetch_l2`` (:mod:`hatac.kernels.options`) of the
     L2: rows prefetched past its size evict each other before the attention reads them (H100: slower at
     B8/128K/2048, 67 MB; docs/PERFORMANCE.md)."""
-    if k_cache is None or v_cache is None or not CONFIG["kv_prefetch"] or not pdl_args(q_codes)["PDL"]:
+    o = options.get().hamming_topk
+    if k_cache is None or v_cache is None or not o.kv_prefetch or not pdl_args(q_codes)["PDL"]:
         return 0
     row = k_cache.shape[-1] * k_cache.element_size()
     if row not in (128, 256, 512) or v_cache.shape[-1] * v_cache.element_size() != row:
@@ -511,54 +422,13 @@ def _kv_prefetch_rows(q_codes: torch.Tensor, k_cache, v_cache, n_sel: int) -> in
     for c in (k_cache, v_cache):
         if c.dim() != 4 or c.stride(-1) != 1 or c.data_ptr() % 16 or any(st * c.element_size() % 16 for st in c.stride()[:3]):
             return 0
-    if 2 * n_sel * row > CONFIG["kv_prefetch_l2"] * _l2_bytes(q_codes.device):
+    if 2 * n_sel * row > o.kv_prefetch_l2 * _l2_bytes(q_codes.device):
         return 0
     return row // 128
 
 
 def _l2_bytes(device: torch.device) -> int:
     return int(device_properties(device).L2_cache_size)
-
-
-_HINTS: dict[tuple, torch.Tensor] = {}
-_MAX_HINTS = 1024  # distinct code caches with a hint; later ones select without (the buffers are never freed)
-
-
-def selection_hint(k_codes: torch.Tensor, n_rows: int) -> torch.Tensor | None:
-    """The selection hint of the code cache ``k_codes`` for ``n_rows`` query rows: (rows, 3) int32, the lower
-    of the two coarse bins around each row's threshold at the previous call (-1: none), how many calls found
-    the threshold in them, and how many calls there were.
-
-    Kept per (device, code-cache address, rows), so each layer of a static decode cache has its own and a
-    CUDA graph captured with it replays against the same buffer. A buffer is never freed (a captured graph
-    may hold it) and none is made during capture (None then: select without a hint). Only speed depends
-    on it: a stale one, as when a new cache reuses an old address, costs the full fine pass."""
-    key = (k_codes.device, k_codes.data_ptr(), n_rows)
-    buf = _HINTS.get(key)
-    if buf is None:
-        capturing = k_codes.is_cuda and torch.cuda.is_current_stream_capturing()
-        if capturing or len(_HINTS) >= _MAX_HINTS:
-            return None
-        buf = torch.zeros((n_rows, 3), dtype=torch.int32, device=k_codes.device)
-        buf[:, 0] = -1  # no window yet
-        _HINTS[key] = buf
-    return buf
-
-
-def hint_stats(device: torch.device | str, reset: bool = False) -> dict:
-    """Hits and calls summed over every selection hint on ``device`` (what a benchmark reports as the hint's
-    hit rate); ``reset`` zeroes the counts afterwards, keeping the bins."""
-    hits = calls = 0
-    want = torch.device(device)
-    if want.type == "cuda" and want.index is None:
-        want = torch.device("cuda", torch.cuda.current_device())
-    for (dev, _, _), buf in _HINTS.items():
-        if dev == want:
-            hits += int(buf[:, 1].sum())
-            calls += int(buf[:, 2].sum())
-            if reset:
-                buf[:, 1:] = 0
-    return {"hits": hits, "calls": calls, "hit_rate": hits / calls if calls else None}
 
 
 def hamming_topk(
@@ -595,16 +465,17 @@ def hamming_topk(
     if t == 0:
         return out.fill_(-1)
     n_rows = b * hkv * s
-    hint = selection_hint(k_codes, n_rows) if (CONFIG["hint"] and s == 1) else None
+    o = options.get().hamming_topk
+    hint = selection_hint(k_codes, n_rows) if (o.hint and s == 1) else None
     keys, hist1, p, n_splits1, chunk1, hist2 = score_keys(q_codes, k_codes, q_pos, sink, recent, window, hint)
-    base_t = CONFIG["select_block_t"] if hw_flag(q_codes) else INTERP_BLOCKS["select"]
+    base_t = o.select_block_t if hw_flag(q_codes) else o.interp_select_block_t
     if hint is not None:  # the scoring pass's splits: its fine histograms are per split
         n_splits, chunk = n_splits1, chunk1
     else:
-        n_splits, chunk = _splits(n_rows, t, base_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+        n_splits, chunk = _splits(n_rows, t, base_t, o.select_programs, o.select_max_splits)
     block_t, warps = select_geometry(n_rows, chunk, base_t)
     if hint is None and block_t != base_t:  # doubled blocks: splits of whole ones (H100 B8/128K hint off: -7 us)
-        n_splits, chunk = _splits(n_rows, t, block_t, CONFIG["select_programs"], CONFIG["select_max_splits"])
+        n_splits, chunk = _splits(n_rows, t, block_t, o.select_programs, o.select_max_splits)
     # With the hint the fine pass mostly skips its scan: its programs keep one warp (two made a hit's fine pass
     # 1.7 us slower at B8/128K), and its blocks, which only matter on a miss, stay the narrow ones.
     fine_t, fine_warps = select_geometry(n_rows, 0, base_t) if hint is not None else (block_t, warps)
@@ -622,8 +493,8 @@ def hamming_topk(
     _fine_kernel[grid](
         q_pos, keys, hist1, hist2, less, cb, hint_arg, n_splits1, *common,
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NCB=p["NCB"], NFB=p["NFB"], HNFB=hnfb, NSP1=next_pow2(n_splits1), BLOCK_T=fine_t,
-        HINT=hint is not None, WINDOW=CONFIG["hint_window"], num_warps=fine_warps, **pdl_args(q_codes),
-        **reg_cap(CONFIG["select_maxnreg"]),
+        HINT=hint is not None, WINDOW=o.hint_window, num_warps=fine_warps, **pdl_args(q_codes),
+        **reg_cap(o.select_maxnreg),
     )
     kv_pf = _kv_prefetch_rows(q_codes, k_cache, v_cache, n_rows * k)
     kc, vc = (k_cache, v_cache) if kv_pf else (keys, keys)
@@ -631,8 +502,8 @@ def hamming_topk(
         q_pos, keys, hist2, less, cb, out, hint_arg, kc, vc, *common,
         *(kc.stride()[:3] + vc.stride()[:3] if kv_pf else (0,) * 6),
         IS_FRAC=is_frac, SHIFT=p["SHIFT"], NFB=p["NFB"], HNFB=hnfb, NSP=nsp, BLOCK_T=block_t, BLOCK_P=256, HW_POPC=hw_flag(q_codes),
-        HINT=hint is not None, KV_PF=kv_pf, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= CONFIG["write_prefetch_blocks"],
-        WINDOW=CONFIG["hint_window"], num_warps=warps, **pdl_args(q_codes), **reg_cap(CONFIG["select_maxnreg"]),
+        HINT=hint is not None, KV_PF=kv_pf, KEY_PREFETCH=triton.cdiv(chunk, block_t) <= o.write_prefetch_blocks,
+        WINDOW=o.hint_window, num_warps=warps, **pdl_args(q_codes), **reg_cap(o.select_maxnreg),
     )
     return out
 

@@ -8,7 +8,7 @@ examples/gemv_splitk_probe.py --shipped``, H100, batch 1-16: o_proj 0.86-0.91x o
 0.92-0.94x, down 0.95-0.98x, gate/up even; q/k/v, 192 programs on 132 SMs, 1.04-1.08x, so it stays with
 cuBLAS: ``min_wave_fill``; docs/PERFORMANCE.md). Splitting K across programs as well bought nothing.
 
-Rows past ``CONFIG["max_rows"]``, other dtypes and layouts go to ``torch.nn.functional.linear`` (cuBLAS):
+Rows past the kernel option ``linear.max_rows`` (:mod:`hatac.kernels.options`), other dtypes and layouts go to ``torch.nn.functional.linear`` (cuBLAS):
 prefill, and anything this kernel was not measured on.
 
 The same kernel is ``hatac::linear_silu_mul``'s body (GATED): a gated MLP's stacked gate/up weight, each
@@ -24,21 +24,9 @@ import triton
 import triton.language as tl
 
 from hatac import reference
+from hatac.kernels import options
 from hatac.kernels._common import device_properties, grid_sync, hw_flag, interpreting, l2_prefetch, pdl_args
 
-CONFIG = {
-    "max_rows": 16, "block_n": 32, "block_k": 256, "stages": 5, "warps": 4,
-    # Take the GEMV only when its programs spread evenly over the SMs: programs / SMs over its ceiling at
-    # least this (q/k/v of Llama-3-8B, 192 programs on 132 SMs, was 4-8% slower than cuBLAS; the shapes
-    # that fill whole waves were 0-14% faster).
-    "min_wave_fill": 0.9,
-    # hatac::linear_silu_mul's tiles: block_n rows of each half a program (``python examples/gated_gemv_probe.py``,
-    # H100, Llama-3-8B's gate/up at batch 4 and 8: 82 us against 92 us for the GEMV then a SiLU-and-mul kernel;
-    # its first tiles, 16 rows of each half and BLOCK_K 256 as the plain kernel streams, were slower than the pair
-    # end to end).
-    # It takes the shapes the plain GEMV would take for the stacked weight (gemv_fits).
-    "gated": {"block_n": 32, "block_k": 128, "stages": 5, "warps": 4},
-}
 INTERP = {"block_n": 16, "block_k": 32}  # under the interpreter (tests shrink shapes)
 _DTYPES = (torch.bfloat16, torch.float16)
 
@@ -98,9 +86,10 @@ def gemv_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, gated
         return False
     k = x.shape[-1] if x.dim() else 0
     rows = x.numel() // k if k else 0
-    if not (1 <= rows <= CONFIG["max_rows"] and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1):
+    o = options.get().linear
+    if not (1 <= rows <= o.max_rows and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1):
         return False
-    return x.device.type != "cuda" or _wave_fill(w.shape[0], x.device) >= CONFIG["min_wave_fill"]
+    return x.device.type != "cuda" or _wave_fill(w.shape[0], x.device) >= o.min_wave_fill
 
 
 def _sm_count(device: torch.device) -> int:
@@ -110,7 +99,7 @@ def _sm_count(device: torch.device) -> int:
 def _wave_fill(n: int, device: torch.device) -> float:
     """Mean programs an SM over the most any SM runs (1.0: every SM equally busy)."""
     sms = _sm_count(device)
-    programs = triton.cdiv(n, CONFIG["block_n"])
+    programs = triton.cdiv(n, options.get().linear.block_n)
     return programs / sms / triton.cdiv(programs, sms)
 
 
@@ -149,13 +138,13 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, l2
     rows = x2.shape[0]
     y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     hw = hw_flag(x)
-    cfg = CONFIG["gated"] if gated else CONFIG
-    block_n = cfg["block_n"] if hw else INTERP["block_n"]
-    block_k = cfg["block_k"] if hw else INTERP["block_k"]
+    cfg = options.get().linear.gated if gated else options.get().linear
+    block_n = cfg.block_n if hw else INTERP["block_n"]
+    block_k = cfg.block_k if hw else INTERP["block_k"]
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x2, weight, weight if bias is None else bias, y, rows, n, k, x2.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, HW_DOT=hw, GATED=gated,
         PF_BYTES=0 if gated else _prefetch_bytes(x, weight, block_n, l2_prefetch),
-        num_warps=cfg["warps"], num_stages=cfg["stages"] if hw else 1, **pdl_args(x),
+        num_warps=cfg.warps, num_stages=cfg.stages if hw else 1, **pdl_args(x),
     )
     return y.view(*x.shape[:-1], n)

@@ -17,15 +17,13 @@ import torch
 import triton
 import triton.language as tl
 
+from hatac.kernels import options
 from hatac.kernels._common import device_properties, grid_sync, hw_flag, next_pow2, pdl_args, reg_cap, self_reset_counters
 
 _LOG2E = 1.4426950408889634
-# Launch geometry (GPU, 16-bit caches); examples/tune_kernels.py sweeps these.
-CONFIG = {"block_n": 64, "warps": 4, "stages": 2, "programs": 528, "max_splits": 64, "maxnreg": None}  # maxnreg: ptxas cap
-# Dense decoding (indices=None) streams the whole cache: its own geometry. Few programs, long pipelined streams:
-# within 0.8% of SDPA's flash-decoding at batch 8 and 3.3% at batch 1, 8K-128K, on H100 (examples/dense_decode_probe.py,
-# docs/PERFORMANCE.md, session 13); stages drop where the GPU's shared memory cannot hold them.
-DENSE_CONFIG = {"block_n": 128, "warps": 4, "stages": 3, "programs": 66, "max_splits": 64}
+# Launch geometry: the kernel options sparse_attention (16-bit caches) and dense_attention (indices=None, which
+# streams the whole cache: few programs, long pipelined streams; within 0.8% of SDPA's flash-decoding at batch 8
+# and 3.3% at batch 1, 8K-128K, on H100, docs/PERFORMANCE.md; stages drop where shared memory cannot hold them).
 
 
 @triton.jit
@@ -138,9 +136,11 @@ def _fit_stages(device: torch.device, block_n: int, stages: int, row_bytes: int)
     return block_n, stages
 
 
-def _splits(n_rows: int, k: int, block_n: int, cfg: dict = CONFIG) -> tuple[int, int]:
-    """Pieces of each row's selection, aiming at ``cfg["programs"]`` programs (528: four per multiprocessor on H100)."""
-    want = max(1, min(cfg["max_splits"], triton.cdiv(cfg["programs"], n_rows), triton.cdiv(k, block_n)))
+def _splits(n_rows: int, k: int, block_n: int, cfg=None) -> tuple[int, int]:
+    """Pieces of each row's selection, aiming at ``cfg.programs`` programs (528: four per multiprocessor on H100);
+    ``cfg``: the sparse or dense attention's kernel options (default: the current sparse ones)."""
+    cfg = cfg or options.get().sparse_attention
+    want = max(1, min(cfg.max_splits, triton.cdiv(cfg.programs, n_rows), triton.cdiv(k, block_n)))
     chunk = triton.cdiv(triton.cdiv(k, want), block_n) * block_n
     return triton.cdiv(k, chunk), chunk
 
@@ -175,9 +175,10 @@ def sparse_attention(
     f32 = (not hw) or q.dtype == torch.float32 or k_cache.dtype == torch.float32 or v_cache.dtype == torch.float32
     block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))
     wide = (block_d + block_dv) * (4 if f32 else 2) > 512
-    cfg = DENSE_CONFIG if dense else CONFIG
-    block_n = 32 if (wide or not hw) else cfg["block_n"]
-    stages = cfg["stages"]
+    opts = options.get()
+    cfg = opts.dense_attention if dense else opts.sparse_attention
+    block_n = 32 if (wide or not hw) else cfg.block_n
+    stages = cfg.stages
     if dense and hw:
         block_n, stages = _fit_stages(q.device, block_n, stages, (block_d + block_dv) * k_cache.element_size())
     n_rows = b * hkv * s
@@ -195,7 +196,7 @@ def sparse_attention(
         *(q_pos.stride() if dense else (0, 0)),
         G=g, GP=max(16, next_pow2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         F32_DOT=f32, PRECISION="ieee", DENSE=dense,
-        num_warps=8 if (f32 and block_d >= 128) else cfg["warps"], num_stages=stages, **pdl_args(q),
-        **reg_cap(CONFIG["maxnreg"]),
+        num_warps=8 if (f32 and block_d >= 128) else cfg.warps, num_stages=stages, **pdl_args(q),
+        **reg_cap(opts.sparse_attention.maxnreg),
     )
     return out

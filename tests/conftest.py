@@ -32,6 +32,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def kernel_options():
+    """``kernel_options(pdl=False, hamming_topk={"hint": False})``: change the current kernel options for this
+    test (hatac.kernels.options.override); the options from before the test come back after it."""
+    from hatac.kernels import options
+
+    saved = options.get()
+    yield options.override
+    options.override(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_tok():
     from _tiny_tokenizer import tiny_tokenizer

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -26,6 +27,11 @@ from hatac.config import HataConfig
 from hatac.errors import HatacError, SettingError
 from hatac.artifact.manifest import FORMAT, FORMAT_VERSION, HASH_WEIGHTS_NAME, read_manifest, sha256_file, weight_files, write_manifest
 from hatac.runtime.model import HataForCausalLM
+from hatac.runtime.options import DecodeOptions
+from hatac.runtime.options import check as check_options
+
+if TYPE_CHECKING:
+    from hatac.distributed.allreduce import AllReduceOptions
 
 DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -223,7 +229,8 @@ def verify(path: str | Path) -> dict:
     return {"manifest": manifest, "hash_layers": len(hashed), "files": len(files), "tensors": tensors}
 
 
-def load(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, tp: bool = False) -> HataForCausalLM:
+def load(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, tp: bool = False,
+         options: DecodeOptions | None = None, allreduce: AllReduceOptions | None = None) -> HataForCausalLM:
     """Load an artifact folder as a :class:`HataForCausalLM` whose ``generate()`` runs hatac's graphs.
 
     The recipe in the manifest is replayed on the saved weights (capture, the same passes, the saved hash
@@ -235,12 +242,21 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
         dtype: ``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype; default: the saved one.
         tp: under ``torchrun --nproc-per-node N``, tensor parallel: each process loads its shard of the
             heads and MLP onto its own GPU (:mod:`hatac.distributed.tp`); every process must call ``generate``.
+        options: how the model decodes (:class:`hatac.DecodeOptions`: runtime fusions and kernel choices);
+            default: the defaults. Not part of the artifact.
+        allreduce: the tensor-parallel all-reduce (:class:`hatac.distributed.allreduce.AllReduceOptions`),
+            set for the process (its symmetric buffers are the process's); default: leave the process's as is.
     """
     from transformers import AutoModelForCausalLM
 
     from hatac.converter import convert
     from hatac.passes.pipeline import load_pass
 
+    options = check_options(options)
+    if allreduce is not None:
+        from hatac.distributed import allreduce as all_reduce
+
+        all_reduce.configure(allreduce)
     folder = Path(path)
     manifest = read_manifest(folder)
     weights = read_hash_weights(folder, manifest)
@@ -266,7 +282,7 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
         expected_layers = tensor_parallel.shard_layer_dicts(expected_layers, group.world)
     hf = hf.to(dev).eval()
     passes = [load_pass(spec) for spec in manifest["passes"]]
-    model = convert(hf, recipe, passes=passes, hash_weights=weights)
+    model = convert(hf, recipe, passes=passes, hash_weights=weights, options=options)
     got = [s.to_dict() for s in model.layers.values()]
     if got != expected_layers:
         diff = next((a, b) for a, b in zip(got, expected_layers) if a != b) if len(got) == len(expected_layers) else (len(got), len(expected_layers))

@@ -12,6 +12,7 @@ attention bytes each must read, over the copy bandwidth measured in the same run
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -105,7 +106,7 @@ def time_steps(step, tok: torch.Tensor, steps: int) -> tuple[float, torch.Tensor
 
 def _hint_stats(reset: bool) -> dict:
     import hatac.kernels.registry  # noqa: F401  (the CUDA bodies)
-    from hatac.kernels.hamming_topk import hint_stats
+    from hatac.kernels.selection_hint import hint_stats
 
     return hint_stats("cuda", reset=reset)
 
@@ -159,8 +160,15 @@ def measure(hm, batch: int, ctx: int, steps: int, compile: bool, vocab: int, pro
 
 
 def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(8192, 32768, 65536, 131072), budgets=(0.0156, 0.0313),
-        steps: int = 32, layers: int = 32, compile: bool = True, say=print, profile: bool = False, fuse_linears: bool = True) -> dict:
+        steps: int = 32, layers: int = 32, compile: bool = True, say=print, profile: bool = False, fuse_linears: bool = True,
+        options=None) -> dict:
+    """``options``: the :class:`hatac.DecodeOptions` every variant decodes with (default: the defaults; its
+    ``kernels`` default to the current kernel options); ``hatac bench generate`` sets them from its flags."""
     import hatac
+    from hatac.kernels import options as kernel_options
+    from hatac.runtime.options import check
+
+    options = check(options)
     from hatac.capture import capture
 
     out = Path(out_dir)
@@ -173,9 +181,11 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
     t0 = time.perf_counter()
     captured = capture(model)
     say(f"captured {layers}-layer model in {time.perf_counter() - t0:.1f}s; weights {weight_bytes / 2**30:.1f} GiB")
-    variants = {"dense": hatac.convert(model, hatac.HataConfig(hash="random", dense_layers=layers, fuse_linears=fuse_linears), captured=captured)}
+    variants = {"dense": hatac.convert(model, hatac.HataConfig(hash="random", dense_layers=layers, fuse_linears=fuse_linears), captured=captured,
+                                          options=options)}
     for b in budgets:
-        variants[f"hatac@{b:g}"] = hatac.convert(model, hatac.HataConfig(hash="random", budget=b, fuse_linears=fuse_linears), captured=captured)
+        variants[f"hatac@{b:g}"] = hatac.convert(model, hatac.HataConfig(hash="random", budget=b, fuse_linears=fuse_linears), captured=captured,
+                                                     options=options)
     kv_heads = {s.n_kv_heads for hm in variants.values() for s in hm.layers.values()}
     if kv_heads != {cfg.num_key_value_heads}:
         say(f"warning: caches hold {sorted(kv_heads)} KV heads per layer, the config {cfg.num_key_value_heads}")
@@ -211,10 +221,13 @@ def run(out_dir: str | Path = "bench-generate", batches=(1, 4, 8), contexts=(819
                     say(f"    {p['us_per_step']:9.1f} us  x{p['calls_per_step']:<5g} {p['kernel']}")
     from hatac.bench.kernels import _pdl_on
 
-    from hatac.kernels.hamming_topk import CONFIG as select_config
-
+    kernels = options.kernels or kernel_options.get()
+    with kernel_options.override(kernels):
+        pdl = _pdl_on()
+    decode = {k: v for k, v in dataclasses.asdict(options).items() if k != "kernels"}
     result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_Bps": bw, "layers": layers, "compile": compile, "steps": steps,
-              "programmatic_dependent_launch": _pdl_on(), "select_hint": select_config["hint"], "fuse_linears": fuse_linears, "rows": rows}
+              "programmatic_dependent_launch": pdl, "select_hint": kernels.hamming_topk.hint,
+              "kv_prefetch": kernels.hamming_topk.kv_prefetch, "decode_options": decode, "fuse_linears": fuse_linears, "rows": rows}
     (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out / "bench_generate.png")
     say("\n" + table(rows))
@@ -241,7 +254,7 @@ def merge(paths: list[str | Path], out_dir: str | Path, say=print) -> dict:
     """Join the rows of several runs' bench_generate.json (one sweep split over several calls, e.g. one per
     batch size to stay under a time limit) into one JSON, table and plot. The runs must come from the same
     device, layer count, compile setting and kernel and graph settings (programmatic dependent launch, the
-    select's hint, stacked sibling linears), and no (variant, batch, context) may appear twice."""
+    select's hint and K/V prefetch, the decode options, stacked sibling linears), and no (variant, batch, context) may appear twice."""
     from hatac.errors import HatacError
 
     runs = []
@@ -250,7 +263,7 @@ def merge(paths: list[str | Path], out_dir: str | Path, say=print) -> dict:
         if not f.is_file():
             raise HatacError(f"no bench_generate.json at {p}")
         runs.append((f, json.loads(f.read_text())))
-    keys = ("device", "layers", "compile", "programmatic_dependent_launch", "select_hint", "fuse_linears")
+    keys = ("device", "layers", "compile", "programmatic_dependent_launch", "select_hint", "kv_prefetch", "decode_options", "fuse_linears")
     for f, run in runs:
         if run.get("partial"):
             raise HatacError(f"{f} is a partial run (it stopped before the end); rerun it or leave it out")

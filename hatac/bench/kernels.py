@@ -23,11 +23,12 @@ import platform
 import sys
 import time
 from pathlib import Path
-from unittest import mock
+from dataclasses import asdict
 
 import torch
 
 from hatac import reference as ref
+from hatac.kernels import options
 
 DEFAULT_CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 DEFAULT_BUDGETS = (1 / 64, 1 / 32)  # 1.56% and 3.13%: 512 / 1024 tokens at 32K, 2048 / 4096 at 128K
@@ -327,7 +328,7 @@ def _one(b, t, budgets, hq, hkv, d, r, dt, bw, enc, sel, att, dense_ms, alt) -> 
         # A graph replays one query, so with the select's hint on every replay finds the threshold's bin where
         # the last left it (the fine pass skips its scan): the best case. Off, every step runs the full fine
         # pass: the worst case, short of the hint's extra scoring work on a miss.
-        with mock.patch.dict(sel.CONFIG, {"hint": False}):
+        with options.override(hamming_topk={"hint": False}):
             total_no_hint = _graph_bench(step)
         total_plain = _bench(step)
         nw = r // 32
@@ -437,8 +438,15 @@ def run(
     dtype: torch.dtype = torch.bfloat16,
     torch_topk: bool = True,
     log=print,
+    kernels: options.KernelOptions | None = None,
 ) -> dict:
-    """Check, then time every (batch, context, budget); write kernels_bench.json / .png to out_dir."""
+    """Check, then time every (batch, context, budget); write kernels_bench.json / .png to out_dir. ``kernels``:
+    the kernel options to time (default: the current ones; ``hatac bench kernels --no-pdl`` etc.)."""
+    with options.override(kernels):
+        return _run(out_dir, batches, contexts, budgets, hq, hkv, head_dim, rbits, dtype, torch_topk, log)
+
+
+def _run(out_dir, batches, contexts, budgets, hq, hkv, head_dim, rbits, dtype, torch_topk, log) -> dict:
     if not torch.cuda.is_available():
         raise RuntimeError("hatac bench kernels needs a CUDA device")
     import triton
@@ -474,8 +482,8 @@ def run(
         "python": platform.python_version(),
         "shape": {"q_heads": hq, "kv_heads": hkv, "head_dim": head_dim, "rbits": rbits, "dtype": str(dtype)},
         "copy_bandwidth_Bps": bw,
-        "config": {"hamming_topk": dict(sel.CONFIG), "sparse_attention": dict(att.CONFIG),  # "hint": see total_no_hint_ms
-                   "programmatic_dependent_launch": _pdl_on()},
+        "config": {"hamming_topk": asdict(options.get().hamming_topk),  # "hint": see total_no_hint_ms
+                   "sparse_attention": asdict(options.get().sparse_attention), "programmatic_dependent_launch": _pdl_on()},
         "check": checked,
         "rows": rows,
         "skipped": skipped,

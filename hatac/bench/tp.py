@@ -181,12 +181,19 @@ def speed(group, tp: bool, batch: int, ctx: int, budget: float, steps: int, laye
 
 
 def run(out_dir: str | Path = "bench-tp", batch: int = 8, context: int = 65536, budget: float = 0.0156, steps: int = 32, layers: int = 32,
-        compile: bool = True, check: bool = True, baseline: bool = True, say=print, bench: bool = True, allreduce_modes: tuple[str, ...] | None = None) -> dict:
-    """``allreduce_modes``: the all-reduces to time the TP step with (default: ``HATAC_BENCH_ALLREDUCE``,
-    comma-separated, else NCCL and the micro-benchmark's fastest)."""
-    import os
+        compile: bool = True, check: bool = True, baseline: bool = True, say=print, bench: bool = True, allreduce_modes: tuple[str, ...] = (),
+        allreduce_max_bytes: int | None = None) -> dict:
+    """``allreduce_modes``: the all-reduces to time the TP step with (``hatac bench tp --allreduce``; default:
+    NCCL and the micro-benchmark's fastest). ``allreduce_max_bytes``: the fast all-reduces' message limit
+    (:class:`hatac.distributed.allreduce.AllReduceOptions`; default: the process's)."""
+    import dataclasses
 
     from hatac.distributed import allreduce
+
+    for m in allreduce_modes:
+        allreduce.AllReduceOptions(mode=m)  # an unknown mode is a one-line error before any work
+    if allreduce_max_bytes is not None:
+        allreduce.configure(dataclasses.replace(allreduce.options(), max_bytes=allreduce_max_bytes))
 
     from hatac.distributed import groups as distributed
 
@@ -196,13 +203,13 @@ def run(out_dir: str | Path = "bench-tp", batch: int = 8, context: int = 65536, 
     out.mkdir(parents=True, exist_ok=True)
     log(f"{group.world} processes, {torch.cuda.get_device_name(dev)}")
     result: dict = {"device": torch.cuda.get_device_name(dev), "gpus": group.world, "layers": layers, "compile": compile, "steps": steps}
-    log(f"all-reduce mode {allreduce.mode()} (fast path up to {allreduce.MAX_BYTES} bytes)")
+    log(f"all-reduce mode {allreduce.mode()} (fast path up to {allreduce.options().max_bytes} bytes)")
     if check:
         allreduce.reset_counts()
         result["check"] = correctness(group, out, log)
         result["check"]["allreduce"] = allreduce.report()
         log(f"check: all-reduces run {result['check']['allreduce']['used']}; symmetric memory {result['check']['allreduce']['symmetric_memory']}")
-    modes = allreduce_modes or tuple(m for m in os.environ.get("HATAC_BENCH_ALLREDUCE", "").split(",") if m)
+    modes = tuple(allreduce_modes)
     if group.world > 1 and bench:
         mb = allreduce.microbench(group.pg.group_name, (batch, 1, 4096))
         result["allreduce_microbench"] = mb

@@ -14,8 +14,9 @@ or while a CUDA graph is being captured; a replay repeats what the capture recor
 - ``two_shot``: the same buffer, reduce-scatter then all-gather through peer stores (less traffic per
   rank for larger messages, one more barrier).
 
-``auto`` (the default; ``HATAC_ALLREDUCE`` or :func:`use` set another) picks ``one_shot`` for CUDA
-messages up to ``max_bytes`` when symmetric memory initialised on every rank, else ``nccl``. Only peer
+The mode and ``max_bytes`` are :class:`AllReduceOptions`, one value per process (``hatac.load(...,
+allreduce=...)``, :func:`configure`, or :func:`use` for a block). ``auto`` (the default) picks ``one_shot``
+for CUDA messages up to ``max_bytes`` when symmetric memory initialised on every rank, else ``nccl``. Only peer
 loads and stores are used: never NVLink multicast (multimem) ops, which the hosts here disable.
 
 Initialisation is collective and happens on the first eligible call outside CUDA-graph capture: each
@@ -27,8 +28,10 @@ makes every rank fall back to NCCL together (and say why in :func:`report`) inst
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -37,9 +40,7 @@ from hatac.errors import HatacError
 
 MODES = ("auto", "nccl", "one_shot", "two_shot")
 FAST = ("one_shot", "two_shot")
-MAX_BYTES = int(os.environ.get("HATAC_ALLREDUCE_MAX_BYTES", 1 << 20))  # fast path limit = symmetric buffer size
 
-_mode = os.environ.get("HATAC_ALLREDUCE", "auto")
 _states: dict = {}  # (group_name, device index, dtype) -> _Symm
 calls: Counter = Counter()  # (variant, message bytes) -> Python-side calls (eager, warm-up, capture; not replays)
 notes: list[str] = []
@@ -51,24 +52,54 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+@dataclass(frozen=True)
+class AllReduceOptions:
+    """``mode``: auto, nccl, one_shot or two_shot (see the module docstring). ``max_bytes``: the largest
+    message the fast variants take, and the size of the symmetric buffer (set up on first use)."""
+
+    mode: str = "auto"
+    max_bytes: int = 1 << 20
+
+    def __post_init__(self):
+        _check_mode(self.mode)
+        if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 16 or self.max_bytes % 16:
+            raise HatacError(f"all-reduce max_bytes must be a positive multiple of 16, got {self.max_bytes!r}")
+
+
+_options = AllReduceOptions()
+
+
+def options() -> AllReduceOptions:
+    """The all-reduce options in effect in this process."""
+    return _options
+
+
+def configure(new: AllReduceOptions) -> AllReduceOptions:
+    """Make ``new`` this process's all-reduce options; returns the previous ones. ``max_bytes`` sizes the
+    symmetric buffers when they are set up (first use), so change it before the first all-reduce."""
+    global _options
+    if not isinstance(new, AllReduceOptions):
+        raise HatacError(f"all-reduce options must be an AllReduceOptions, got {type(new).__name__}")
+    prev, _options = _options, new
+    return prev
+
+
 def mode() -> str:
-    return _check_mode(_mode)
+    return _options.mode
 
 
 def set_mode(m: str) -> None:
-    global _mode
-    _mode = _check_mode(m)
+    configure(dataclasses.replace(_options, mode=_check_mode(m)))
 
 
 @contextlib.contextmanager
 def use(m: str):
     """Run the all-reduces inside the block with mode ``m`` (the choice a CUDA graph captures stays in it)."""
-    global _mode
-    prev, _mode = _mode, _check_mode(m)
+    prev = configure(dataclasses.replace(_options, mode=_check_mode(m)))
     try:
         yield
     finally:
-        _mode = prev
+        configure(prev)
 
 
 def _note(msg: str) -> None:
@@ -128,7 +159,7 @@ def _local_alloc(device: torch.device, dtype: torch.dtype, world: int) -> torch.
         with contextlib.suppress(Exception):  # the plain CUDA backend (peer-mapped memory); NVSHMEM is not needed
             if getattr(symm_mem, "get_backend", lambda d: None)(device) is None:
                 symm_mem.set_backend("CUDA")
-    buf = symm_mem.empty(MAX_BYTES // torch.empty((), dtype=dtype).element_size(), dtype=dtype, device=device)
+    buf = symm_mem.empty(_options.max_bytes // torch.empty((), dtype=dtype).element_size(), dtype=dtype, device=device)
     return buf
 
 
@@ -213,7 +244,7 @@ _RUN = {"nccl": _run_nccl, "one_shot": _run_one_shot, "two_shot": _run_two_shot}
 def rule(m: str, device_type: str, nbytes: int, world: int, symm_ready: bool | None) -> str:
     """The dispatch rule: the variant for a message of ``nbytes`` bytes on ``device_type`` over ``world``
     ranks, under mode ``m``; ``symm_ready`` is whether symmetric memory is set up (None: not tried yet)."""
-    if m == "nccl" or device_type != "cuda" or world < 2 or nbytes > MAX_BYTES or nbytes % 16 or not symm_ready:
+    if m == "nccl" or device_type != "cuda" or world < 2 or nbytes > _options.max_bytes or nbytes % 16 or not symm_ready:
         return "nccl"
     return "one_shot" if m == "auto" else m
 
@@ -221,12 +252,13 @@ def rule(m: str, device_type: str, nbytes: int, world: int, symm_ready: bool | N
 def choose(x: torch.Tensor, group_name: str, m: str | None = None) -> tuple[str, _Symm | None]:
     """Which variant runs ``x`` (and its symmetric state): :func:`rule`, after setting symmetric memory up
     the first time it could be used. Identical on every rank (shapes, mode and setup are agreed)."""
-    m = _check_mode(m or _mode)
+    m = _check_mode(m or _options.mode)
     nbytes = x.numel() * x.element_size()
     if x.device.type != "cuda" or rule(m, "cuda", nbytes, dist.get_world_size(_pg(group_name)), True) == "nccl":
         return "nccl", None
     st = _state(group_name, x.device, x.dtype)
-    variant = rule(m, "cuda", nbytes, dist.get_world_size(_pg(group_name)), st is not None and st.ready)
+    fits = st is not None and st.ready and x.numel() <= st.buf.numel()  # a buffer set up under a smaller max_bytes
+    variant = rule(m, "cuda", nbytes, dist.get_world_size(_pg(group_name)), fits)
     return variant, (st if variant != "nccl" else None)
 
 
@@ -258,7 +290,7 @@ def report() -> dict:
     used = {}
     for (variant, nbytes), n in sorted(calls.items()):
         used.setdefault(variant, {})[f"{nbytes}B"] = n
-    return {"mode": _mode, "max_bytes": MAX_BYTES, "used": used, "symmetric_memory": states, "notes": list(notes)}
+    return {"mode": _options.mode, "max_bytes": _options.max_bytes, "used": used, "symmetric_memory": states, "notes": list(notes)}
 
 
 def reset_counts() -> None:
@@ -273,7 +305,7 @@ def microbench(group_name: str, shape=(8, 1, 4096), dtype=torch.bfloat16, reps: 
     g = torch.Generator(device=device).manual_seed(7 + rank)
     x = torch.randn(*shape, generator=g, device=device).to(dtype)
     ref = _run_nccl(x, group_name)
-    st = _state(group_name, device, dtype) if x.numel() * x.element_size() <= MAX_BYTES else None
+    st = _state(group_name, device, dtype) if x.numel() * x.element_size() <= _options.max_bytes else None
     rows = {}
     for variant in ("nccl", *FAST):
         row = {}

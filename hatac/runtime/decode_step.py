@@ -10,64 +10,44 @@ lengths by counting steps.
 from __future__ import annotations
 
 import copy
-import os
 
 import torch
 import torch.fx as fx
 
-from hatac.runtime.cache import HataCache
+from hatac.passes.base import DECODE, PassContext, PassManager
 from hatac.passes.rewrite.cache_inputs import TOPK_WIDTH, WRITE_POS
-
-# The decode step's linears through hatac::linear (a Triton GEMV for a few rows on CUDA); HATAC_DECODE_LINEAR=0: off.
-# "gated": a stacked gate/up projection and its SiLU-and-mul as one hatac::linear_silu_mul; HATAC_DECODE_GATED=0: off.
-DECODE_LINEAR = {
-    "enabled": os.environ.get("HATAC_DECODE_LINEAR", "1") != "0",
-    "gated": os.environ.get("HATAC_DECODE_GATED", "1") != "0",
-    # "norm": a residual add and the RMSNorm after it as one hatac::add_rms_norm; HATAC_DECODE_NORM=0: off.
-    "norm": os.environ.get("HATAC_DECODE_NORM", "1") != "0",
-    # "rope": a hashed layer's rotary embedding in its encode launch (hatac::rope_hash_encode_step_kv);
-    # HATAC_DECODE_ROPE=0: off.
-    "rope": os.environ.get("HATAC_DECODE_ROPE", "1") != "0",
-}
+from hatac.runtime.cache import HataCache
+from hatac.runtime.options import DecodeOptions, check, decode_passes, kernel_scope
 
 
-def runtime_decode_graph(model) -> fx.GraphModule:
-    """The graph a static decode step runs: the model's decode graph, with each hashed layer's rotary embedding
-    in its encode launch (``hatac::rope_hash_encode_step_kv``, :class:`hatac.passes.decode.rope.FuseRoPEEncode`),
-    each residual add and the RMSNorm after it as one ``hatac::add_rms_norm``
-    (:class:`hatac.passes.decode.norms.FuseAddRMSNorm`), a gated MLP's
-    stacked gate/up projection and its SiLU-and-mul as one ``hatac::linear_silu_mul``
-    (:class:`hatac.passes.decode.linears.FuseGatedLinear`) and the other linears routed through
-    ``hatac::linear`` (:class:`hatac.passes.decode.linears.RouteDecodeLinears`), on a copy of the graph that
-    shares the model's weights. The model's own graph, which is what gets saved and exported, is unchanged.
-    Cached on the model."""
-    key = "_runtime_decode_graph"
-    if key not in model.__dict__:
+def runtime_decode_graph(model, options: DecodeOptions | None = None) -> fx.GraphModule:
+    """The graph a static decode step runs: the model's decode graph rewritten by the runtime decode passes that
+    ``options`` (default: ``model.decode_options``) asks for (:func:`hatac.runtime.options.decode_passes`: each
+    hashed layer's rotary embedding in its encode launch, each residual add and the RMSNorm after it as one
+    ``hatac::add_rms_norm``, a gated MLP's stacked gate/up projection and its SiLU-and-mul as one
+    ``hatac::linear_silu_mul`` and the other linears routed through ``hatac::linear``), run by ``PassManager``
+    on a copy of the graph that shares the model's weights. The model's own graph, which is what gets saved
+    and exported, is unchanged. Cached on the model, one per options."""
+    options = check(model.decode_options if options is None else options)
+    cache = model.__dict__.setdefault("_runtime_decode_graph", {})
+    if options not in cache:
         gm = model.decode_graph
-        if DECODE_LINEAR["enabled"]:
-            from hatac.passes.decode.linears import FuseGatedLinear, RouteDecodeLinears
-            from hatac.passes.decode.norms import FuseAddRMSNorm
-
+        passes = decode_passes(options)
+        if passes:
             gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # a copy of the nodes; the same tensors
-            if DECODE_LINEAR["rope"]:
-                from hatac.passes.decode.rope import FuseRoPEEncode
-
-                gm = FuseRoPEEncode().call(gm).graph_module
-            if DECODE_LINEAR["norm"]:
-                gm = FuseAddRMSNorm().call(gm).graph_module
-            if DECODE_LINEAR["gated"]:
-                gm = FuseGatedLinear().call(gm).graph_module
-            gm = RouteDecodeLinears().call(gm).graph_module
-        model.__dict__[key] = gm
-    return model.__dict__[key]
+            ctx = PassContext(config=model.recipe, model=model, mode=DECODE)
+            gm = PassManager(passes).run(gm, ctx).graph_module
+        cache[options] = gm
+    return cache[options]
 
 
-def compiled_decode(model, backend: str = "inductor"):
-    """``torch.compile`` of :func:`runtime_decode_graph`, one per backend, cached on the model."""
+def compiled_decode(model, backend: str = "inductor", options: DecodeOptions | None = None):
+    """``torch.compile`` of :func:`runtime_decode_graph`, one per (options, backend), cached on the model."""
+    options = check(model.decode_options if options is None else options)
     cache = model.__dict__.setdefault("_compiled_decode", {})
-    if backend not in cache:
-        cache[backend] = torch.compile(runtime_decode_graph(model), fullgraph=True, backend=backend)
-    return cache[backend]
+    if (options, backend) not in cache:
+        cache[(options, backend)] = torch.compile(runtime_decode_graph(model, options), fullgraph=True, backend=backend)
+    return cache[(options, backend)]
 
 
 class StaticDecodeStep:
@@ -78,9 +58,13 @@ class StaticDecodeStep:
     is kept on the model and compiled with torch.compile's automatic dynamic shapes: the first cache
     shape compiles static, a second one recompiles with dynamic batch and capacity that serve all later
     ones, so steps over new caches reuse it (and never hit dynamo's recompile limit and fall back to eager).
+
+    ``options`` (default: ``model.decode_options``, read now): the runtime decode passes of the graph, and the
+    kernel options in effect while the step runs, compiles and is captured.
     """
 
-    def __init__(self, model, cache: HataCache, compile: bool = True, cuda_graph: bool | None = None, backend: str = "inductor"):
+    def __init__(self, model, cache: HataCache, compile: bool = True, cuda_graph: bool | None = None, backend: str = "inductor",
+                 options: DecodeOptions | None = None):
         if not cache.tensors:
             raise ValueError("allocate the cache (prefill) before building a static decode step")
         self.model, self.cache = model, cache
@@ -91,7 +75,8 @@ class StaticDecodeStep:
         self.ids = torch.zeros(self.batch, 1, dtype=torch.long, device=device)
         self.keep = torch.zeros(1, dtype=torch.long, device=device)
         self.width = model.topk_width(self.capacity)
-        self.fn = compiled_decode(model, backend) if compile else runtime_decode_graph(model)
+        self.options = check(model.decode_options if options is None else options)
+        self.fn = compiled_decode(model, backend, self.options) if compile else runtime_decode_graph(model, self.options)
         self.graph = None
         self.out = None
         if self.cuda_graph:
@@ -107,7 +92,8 @@ class StaticDecodeStep:
         return inputs
 
     def _step(self) -> torch.Tensor:
-        logits = self.fn(**self._inputs())
+        with kernel_scope(self.options):
+            logits = self.fn(**self._inputs())
         self.cache.lengths.add_(1)
         return logits
 

@@ -18,6 +18,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from hatac import reference
 from hatac.runtime.cache import HataCache
+from hatac.runtime.options import DecodeOptions, kernel_scope
+from hatac.runtime.options import check as check_options
 from hatac.config import HataConfig
 from hatac.errors import HatacError
 from hatac.graphs import HataGraphs
@@ -53,7 +55,8 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _supports_sdpa = True
 
-    def __init__(self, hf_model: PreTrainedModel, graphs: HataGraphs, recipe: HataConfig, hash_weights: dict[int, torch.Tensor], manifest: dict | None = None):
+    def __init__(self, hf_model: PreTrainedModel, graphs: HataGraphs, recipe: HataConfig, hash_weights: dict[int, torch.Tensor], manifest: dict | None = None,
+                 options: DecodeOptions | None = None):
         super().__init__(hf_model.config)
         self.hf_model = hf_model
         self.graphs = torch.nn.ModuleDict({PREFILL: graphs.prefill, DECODE: graphs.decode})
@@ -63,8 +66,19 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
         self.hash_weights = hash_weights
         self.manifest = manifest or {}
         self.generation_config = hf_model.generation_config
+        self.decode_options = options
         # The graph as captured, before any pass: for inspection only (not a registered submodule).
         object.__setattr__(self, "captured_graph", graphs.captured)
+
+    @property
+    def decode_options(self) -> DecodeOptions:
+        """How this model decodes (:class:`hatac.runtime.options.DecodeOptions`); assign others to change it: the
+        next static decode step is built with them (the runtime graphs and compiled steps are kept per options)."""
+        return self.__dict__["_decode_options"]
+
+    @decode_options.setter
+    def decode_options(self, options: DecodeOptions | None) -> None:
+        self.__dict__["_decode_options"] = check_options(options)
 
     # -- graphs ---------------------------------------------------------------------------------------
     @property
@@ -127,7 +141,8 @@ class HataForCausalLM(PreTrainedModel, GenerationMixin):
                 cache.static_step = StaticDecodeStep(self, cache)
             return cache.static_step(input_ids)
         inputs, n_host, n_dev = self.step_inputs(cache, input_ids, attention_mask, mode, logits_to_keep)
-        logits = self.graphs[mode](**inputs)
+        with kernel_scope(self.decode_options):
+            logits = self.graphs[mode](**inputs)
         cache.advance(n_host, n_dev)
         if not self.has_logits_to_keep and isinstance(logits_to_keep, int) and logits_to_keep > 0:
             logits = logits[:, -logits_to_keep:]

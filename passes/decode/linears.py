@@ -7,7 +7,7 @@ other dtypes or CPU tensors.
 
 Not part of a conversion: the runtime applies it to its own copy of the decode graph when it compiles the
 step (:func:`hatac.runtime.decode_step.runtime_decode_graph`), so the saved artifact, exports and user passes
-keep ``aten.linear``. ``HATAC_DECODE_LINEAR=0`` turns it off (for A/B timing).
+keep ``aten.linear``. ``DecodeOptions(linears=False)`` (``gated=False`` for the gated GEMV) turns it off.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Why: in a Llama-style decoder the add and the norm sit between two weight stream
 without PDL; hatac's kernel launches while the GEMV in front drains and lets the GEMV behind launch under it
 (H100, batch 8 / 32K: 7.99 -> 7.92 ms a step; docs/PERFORMANCE.md, session 12). Same math, same roundings.
 Runtime-only, like ``RouteDecodeLinears``: applied by ``hatac.runtime.decode_step.runtime_decode_graph`` to the
-runtime's copy of the decode graph; ``HATAC_DECODE_NORM=0`` turns it off.
+runtime's copy of the decode graph; ``DecodeOptions(norm=False)`` turns it off.
 """
 
 from __future__ import annotations

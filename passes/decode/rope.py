@@ -5,7 +5,7 @@ launch without programmatic dependent launch between the q/k/v GEMM and hatac's 
 loads q and k, so rotating them there costs no extra memory traffic and drops those launches (H100 timeline,
 batch 8 / 32K: ~3 us of a ~217 us hashed layer; docs/PERFORMANCE.md, session 13). Same math, same rounding
 (float32, one rounding to the input dtype). Runtime-only, like ``FuseAddRMSNorm``: applied by
-``hatac.runtime.decode_step.runtime_decode_graph``; ``HATAC_DECODE_ROPE=0`` turns it off.
+``hatac.runtime.decode_step.runtime_decode_graph``; ``DecodeOptions(rope=False)`` turns it off.
 
 Matched: ``hatac::hash_encode_step_kv(rope(q), rope(k), ...)`` with ``rope(x) = x * unsqueeze(cos, 1) +
 cat(-x[..., D/2:], x[..., :D/2]) * unsqueeze(sin, 1)`` (the rotate-half form of Llama, Qwen, Mistral and

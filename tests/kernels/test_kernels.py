@@ -21,6 +21,7 @@ from _kernel_mode import INTERPRET, interp  # sets the mode before any kernel mo
 triton = pytest.importorskip("triton")
 
 from hatac import reference as ref  # noqa: E402
+from hatac.kernels import options  # noqa: E402
 
 _MODULES = ["_common", "hash_encode", "hamming_topk", "sparse_attention"]
 
@@ -255,32 +256,26 @@ def test_hamming_topk_ties_interp():
 
 @interp
 @pytest.mark.parametrize("distinct", [None, 3])
-def test_hamming_topk_many_splits_interp(monkeypatch, distinct):
+def test_hamming_topk_many_splits_interp(kernel_options, distinct):
     """Short blocks, so every pass runs over many splits a row (the fine and write passes sum every split's
     histograms, and each split's winners start after the earlier splits')."""
-    mod = K["hamming_topk"]
-    monkeypatch.setitem(mod.INTERP_BLOCKS, "score", 32)
-    monkeypatch.setitem(mod.INTERP_BLOCKS, "select", 32)
+    kernel_options(hamming_topk={"interp_score_block_t": 32, "interp_select_block_t": 32})
     _check_topk("cpu", 2, 2, 4, 1, 330, 4, 24, 0.06, 1, 3, 0, seed=11, distinct=distinct)
     _check_topk("cpu", 1, 2, 2, 2, 300, 2, 40, 40.0, 0, 0, 100, seed=12, distinct=distinct)
 
 
 @interp
-def test_hamming_topk_long_splits_interp(monkeypatch):
+def test_hamming_topk_long_splits_interp(kernel_options):
     """Few programs a row, so each scoring, fine and write program loops over many blocks, over a key
     buffer whose rows are padded past the cache length."""
-    mod = K["hamming_topk"]
-    for name in ("score", "select"):
-        monkeypatch.setitem(mod.INTERP_BLOCKS, name, 32)
-    for name in ("programs", "select_programs"):
-        monkeypatch.setitem(mod.CONFIG, name, 4)
+    kernel_options(hamming_topk={"interp_score_block_t": 32, "interp_select_block_t": 32, "programs": 4, "select_programs": 4})
     _check_topk("cpu", 2, 2, 4, 1, 330, 4, 24, 0.06, 1, 3, 0, seed=13)
     _check_topk("cpu", 1, 2, 2, 1, 300, 2, 40, 40.0, 0, 0, 100, seed=14, distinct=3)
-    monkeypatch.setitem(mod.CONFIG, "hint", False)  # the fine pass's own geometry
+    kernel_options(hamming_topk={"hint": False})  # the fine pass's own geometry
     _check_topk("cpu", 2, 2, 4, 1, 330, 4, 24, 0.06, 1, 3, 0, seed=15)
 
 
-def test_select_geometry_rule(monkeypatch):
+def test_select_geometry_rule(kernel_options):
     """The fine and write passes: one warp a program for many rows, four for few; one-warp programs over
     splits of at least ``select_wide_blocks`` blocks take blocks twice as long on two warps."""
     mod = K["hamming_topk"]
@@ -289,51 +284,49 @@ def test_select_geometry_rule(monkeypatch):
     assert mod.select_geometry(64, 3072, 1024) == (1024, 1)
     assert mod.select_geometry(64, 1536, 1024) == (1024, 1)  # B8/32K + spare
     assert mod.select_geometry(8, 16384, 1024) == (1024, 4)  # few rows
-    monkeypatch.setitem(mod.CONFIG, "select_wide_blocks", 0)
+    kernel_options(hamming_topk={"select_wide_blocks": 0})
     assert mod.select_geometry(64, 4608, 1024) == (1024, 1)
-    monkeypatch.setitem(mod.CONFIG, "select_wide_blocks", 4)
-    monkeypatch.setitem(mod.CONFIG, "select_warps", 2)
+    kernel_options(hamming_topk={"select_wide_blocks": 4, "select_warps": 2})
     assert mod.select_geometry(64, 4608, 1024) == (1024, 2)  # a fixed warp count keeps the block too
 
 
 @interp
-def test_hamming_topk_wide_blocks_interp(monkeypatch):
+def test_hamming_topk_wide_blocks_interp(kernel_options):
     """Many rows over long splits: the fine and write passes run the doubled blocks (hint on and off)."""
     mod = K["hamming_topk"]
-    for name in ("programs", "select_programs"):
-        monkeypatch.setitem(mod.CONFIG, name, 64)
+    kernel_options(hamming_topk={"programs": 64, "select_programs": 64})
     n_rows, t = 2 * 16, 1100
-    chunk = mod._splits(n_rows, t, mod.INTERP_BLOCKS["score"], 64, 64)[1]
-    assert mod.select_geometry(n_rows, chunk, mod.INTERP_BLOCKS["select"])[1] == 2
+    chunk = mod._splits(n_rows, t, options.get().hamming_topk.interp_score_block_t, 64, 64)[1]
+    assert mod.select_geometry(n_rows, chunk, options.get().hamming_topk.interp_select_block_t)[1] == 2
     _check_topk("cpu", 2, 16, 2, 1, t, 2, 40, 0.03, 1, 2, 0, seed=21)
     _check_topk("cpu", 2, 16, 2, 1, t, 2, 40, 0.03, 1, 2, 0, seed=22, distinct=3)
-    monkeypatch.setitem(mod.CONFIG, "hint", False)
+    kernel_options(hamming_topk={"hint": False})
     _check_topk("cpu", 2, 16, 2, 1, t, 2, 40, 0.03, 1, 2, 0, seed=23)
 
 
 @pytest.mark.gpu
-def test_hamming_topk_wide_blocks_gpu(monkeypatch):
+def test_hamming_topk_wide_blocks_gpu(kernel_options):
     """The doubled two-warp blocks compiled: 32 rows over splits of 5 blocks, hint on (twice: the second call
     hits) and off, with ties."""
     mod = K["hamming_topk"]
-    for name in ("programs", "select_programs"):
-        monkeypatch.setitem(mod.CONFIG, name, 256)
+    kernel_options(hamming_topk={"programs": 256, "select_programs": 256})
     n_rows, t = 4 * 8, 40000
-    chunk = mod._splits(n_rows, t, mod.CONFIG["score_block_t"], mod.CONFIG["programs"], mod.CONFIG["max_splits"])[1]
-    assert mod.select_geometry(n_rows, chunk, mod.CONFIG["select_block_t"]) == (2 * mod.CONFIG["select_block_t"], 2)
+    o = options.get().hamming_topk
+    chunk = mod._splits(n_rows, t, o.score_block_t, o.programs, o.max_splits)[1]
+    assert mod.select_geometry(n_rows, chunk, o.select_block_t) == (2 * o.select_block_t, 2)
     pos = torch.tensor([[t - 1], [t // 2], [t - 3000], [700]])
     for seed, distinct in ((0, None), (0, None), (3, 5)):
         _check_topk("cuda", 4, 8, 4, 1, t, 4, 640, 1 / 64, 4, 16, 0, seed=seed, distinct=distinct, pos=pos)
-    monkeypatch.setitem(mod.CONFIG, "hint", False)
+    kernel_options(hamming_topk={"hint": False})
     _check_topk("cuda", 4, 8, 4, 1, t, 4, 640, 1 / 64, 4, 16, 0, seed=4, pos=pos)
 
 
 @pytest.mark.parametrize("rounding", ["up", "down"])
-def test_select_split_geometry(monkeypatch, rounding):
+def test_select_split_geometry(kernel_options, rounding):
     """Splits are whole blocks that cover the cache, never more than the cap; rounding down keeps the planned
     split count for a cache just past a power of two, rounding up takes fewer, longer splits."""
     mod = K["hamming_topk"]
-    monkeypatch.setitem(mod.CONFIG, "split_round", rounding)
+    kernel_options(hamming_topk={"split_round": rounding})
     for t in (1, 100, 1000, 8192, 32768, 32792, 33792, 70000, 131096):
         for rows, block, programs, cap in ((64, 512, 2048, 64), (64, 1024, 2048, 64), (8, 512, 2048, 64), (2, 64, 4096, 64)):
             n, chunk = mod._splits(rows, t, block, programs, cap)
@@ -353,7 +346,7 @@ def test_key_buffer_rows_aligned():
     assert keys.shape == (2, 100) and keys.stride(0) == 128
 
 
-def _check_hinted(device, monkeypatch=None):
+def _check_hinted(device, kernel_options=None):
     """Decode-like repeated selections over one code cache: the second call with the same codes must find
     every row's threshold bin where the first left it (the fine pass skips its scan), then hints set to
     arbitrary bins must still give the reference's selection."""
@@ -386,7 +379,7 @@ def _check_hinted(device, monkeypatch=None):
         hint[:, 0], hint[:, 1] = lo + shift, 0
         check(qc)
         hits = hint[:, 1].clone() if shift == -1 else hits + hint[:, 1]
-    assert hits.tolist() == ([1] * rows if mod.CONFIG["hint_window"] == 2 else [0] * rows)
+    assert hits.tolist() == ([1] * rows if options.get().hamming_topk.hint_window == 2 else [0] * rows)
     hint[:, 0], hint[:, 1] = lo, 1
     stats = mod.hint_stats(device)
     assert stats["hits"] >= rows and stats["calls"] >= 2 * rows
@@ -395,36 +388,36 @@ def _check_hinted(device, monkeypatch=None):
     for seed in range(3):  # arbitrary hinted bins, some equal to the true one: exact either way
         hint[:, 0] = torch.randint(-1, 9, (rows,), generator=torch.Generator().manual_seed(seed)).to(device)
         check(qc, budget=0.1)
-    if monkeypatch is not None:  # switched off: selections leave the hint alone
+    if kernel_options is not None:  # switched off: selections leave the hint alone
         before = hint.clone()
-        monkeypatch.setitem(mod.CONFIG, "hint", False)
+        kernel_options(hamming_topk={"hint": False})
         check(qc)
         assert torch.equal(hint, before)
 
 
 @interp
-def test_hamming_topk_one_bin_hint_interp(monkeypatch):
+def test_hamming_topk_one_bin_hint_interp(kernel_options):
     """The one-bin window (``hint_window`` 1, the hint before session 13): a shifted bin never hits."""
-    monkeypatch.setitem(K["hamming_topk"].CONFIG, "hint_window", 1)
+    kernel_options(hamming_topk={"hint_window": 1})
     _check_hinted("cpu")
 
 
 @interp
-def test_hamming_topk_selection_hint_interp(monkeypatch):
-    mod = K["hamming_topk"]
-    monkeypatch.setitem(mod.INTERP_BLOCKS, "score", 32)  # many splits a row
-    _check_hinted("cpu", monkeypatch)
+def test_hamming_topk_selection_hint_interp(kernel_options):
+    kernel_options(hamming_topk={"interp_score_block_t": 32})  # many splits a row
+    _check_hinted("cpu", kernel_options)
 
 
-def test_score_l2_prefetch_setting_is_checked(monkeypatch):
-    """A malformed HATAC_SCORE_L2_PREFETCH is a one-line user error when the select runs, not a traceback."""
+def test_score_l2_prefetch_setting_is_checked(kernel_options):
+    """A malformed score_l2_prefetch is a one-line user error when it is set, not a traceback at launch."""
     from hatac.errors import HatacError
 
     mod = K["hamming_topk"]
-    monkeypatch.setitem(mod.CONFIG, "score_l2_prefetch", "lots")
-    with pytest.raises(HatacError, match="HATAC_SCORE_L2_PREFETCH must be a whole number of slots"):
-        mod._l2_prefetch_slots(torch.zeros(1, 2, 8, 4, dtype=torch.int32), 4)
-    monkeypatch.setitem(mod.CONFIG, "score_l2_prefetch", "512")
+    with pytest.raises(HatacError, match=r"^kernel option hamming_topk.score_l2_prefetch must be int, got 'lots'$"):
+        kernel_options(hamming_topk={"score_l2_prefetch": "lots"})
+    with pytest.raises(HatacError, match=r"^kernel option hamming_topk.score_l2_prefetch must be at least 0, got -1$"):
+        kernel_options(hamming_topk={"score_l2_prefetch": -1})
+    kernel_options(hamming_topk={"score_l2_prefetch": 512})
     assert mod._l2_prefetch_slots(torch.zeros(1, 2, 8, 4, dtype=torch.int32), 4) == 0  # CPU: no prefetch
 
 

@@ -14,6 +14,7 @@ from _kernel_mode import CUDA, INTERPRET, interp, kernel_module  # sets the mode
 triton = pytest.importorskip("triton")
 
 from hatac import reference as ref  # noqa: E402
+from hatac.kernels import options  # noqa: E402
 
 L = kernel_module("linear", "_gemv_kernel")
 
@@ -48,9 +49,9 @@ def test_gemv_reads_strided_rows_interpreted():
     _check(x, big[10:30], None, 1e-2)
 
 
-def test_what_takes_the_gemv(monkeypatch):
+def test_what_takes_the_gemv(kernel_options):
     """Rows past max_rows, float32, mixed dtypes, a weight whose rows are strided: F.linear instead."""
-    monkeypatch.setitem(L.CONFIG, "min_wave_fill", 0.0)  # on a GPU, 8 rows of W would not fill its SMs
+    kernel_options(linear={"min_wave_fill": 0.0})  # on a GPU, 8 rows of W would not fill its SMs
     bf = torch.bfloat16
     w = torch.zeros(8, 32, dtype=bf)
     fits = INTERPRET or CUDA  # on a CPU build without the interpreter nothing takes it
@@ -75,9 +76,9 @@ def test_gemv_matches_linear_gpu(dtype, rows, n, k, bias, prefetch):
     x = torch.randn(rows, k, device="cuda", generator=gen).to(dtype)
     w = (torch.randn(n, k, device="cuda", generator=gen) * 0.02).to(dtype)
     b = torch.randn(n, device="cuda", generator=gen).to(dtype) if bias else None
-    if L._wave_fill(n, x.device) < L.CONFIG["min_wave_fill"]:
+    if L._wave_fill(n, x.device) < options.get().linear.min_wave_fill:
         pytest.skip("this GPU's SM count leaves the shape to cuBLAS")
-    assert (L._prefetch_bytes(x, w, L.CONFIG["block_n"], prefetch) > 0) == (prefetch > 0)
+    assert (L._prefetch_bytes(x, w, options.get().linear.block_n, prefetch) > 0) == (prefetch > 0)
     _check(x, w, b, 1e-2, prefetch)
     y = torch.ops.hatac.linear(x, w, b, prefetch)  # the op's CUDA body is this kernel
     assert torch.equal(y, L.linear(x, w, b))  # the prefetch changes nothing in the result
@@ -91,7 +92,7 @@ def test_gemv_only_where_its_programs_fill_the_sms(monkeypatch):
     assert L._wave_fill(4096, dev) == pytest.approx(128 / 132)
     assert L._wave_fill(28672, dev) == pytest.approx(896 / 132 / 7)
     assert L._wave_fill(6144, dev) == pytest.approx(192 / 132 / 2)
-    fits = {n: L._wave_fill(n, dev) >= L.CONFIG["min_wave_fill"] for n in (4096, 6144, 1024, 28672, 128256)}
+    fits = {n: L._wave_fill(n, dev) >= options.get().linear.min_wave_fill for n in (4096, 6144, 1024, 28672, 128256)}
     assert fits == {4096: True, 6144: False, 1024: False, 28672: True, 128256: True}
 
 

@@ -9,7 +9,8 @@ import torch.fx as fx
 
 import hatac
 from hatac.passes.decode.rope import FuseRoPEEncode
-from hatac.runtime.decode_step import DECODE_LINEAR, StaticDecodeStep, runtime_decode_graph
+from hatac.runtime.decode_step import StaticDecodeStep, runtime_decode_graph
+from hatac.runtime.options import DecodeOptions
 from models import ARCHS, tiny_model
 
 FUSED = torch.ops.hatac.rope_hash_encode_step_kv.default
@@ -23,7 +24,7 @@ def _fresh_runtime(hm):
 
 @torch.no_grad()
 @pytest.mark.parametrize("arch", list(ARCHS) + ["phi3-partial"])
-def test_rope_in_the_encode_keeps_the_step(arch, monkeypatch):
+def test_rope_in_the_encode_keeps_the_step(arch):
     """Every hashed layer takes the fused op (phi3 writes its rotary embedding in the partial form, slices and a
     cat around it; "phi3-partial" rotates half of each head), and three static decode steps give the logits
     of the unfused graph."""
@@ -33,7 +34,7 @@ def test_rope_in_the_encode_keeps_the_step(arch, monkeypatch):
     ids = torch.randint(3, 300, (2, 9), generator=torch.Generator().manual_seed(0))
     logits = {}
     for rope in (False, True):
-        monkeypatch.setitem(DECODE_LINEAR, "rope", rope)
+        hm.decode_options = DecodeOptions(rope=rope)
         _fresh_runtime(hm)
         targets = [n.target for n in runtime_decode_graph(hm).graph.nodes]
         fused = hashed if rope else 0

@@ -294,17 +294,16 @@ def test_cli_convert_with_user_passes_replays_on_load(llama_dir, tmp_path, monke
     out = tmp_path / "art"
     code, output = _cli(
         "convert", llama_dir, "-o", out, "--hash", "random", "--rbits", 64, "--budget", 4,
-        "--pass", "examples/passes/per_layer_budgets.py:PerLayerBudgets",
+        "--pass", f"examples/passes/per_layer_budgets.py:PerLayerBudgets?path={budgets}",
         "--pass", "examples/passes/keep_layers_dense.py:KeepLayersDense?layers=2",
         "--pass", "hatac.passes.fusion.encode_write:FuseEncodeStep",
-        env={"HATAC_LAYER_BUDGETS": str(budgets)},
     )
     assert code == 0, output
     m = json.loads((out / MANIFEST_NAME).read_text())
     assert m["passes"] == [f"{BUDGETS_PASS}?budgets=2:0.5,3:6", f"{DENSE_PASS}?layers=2", "hatac.passes.fusion.encode_write:FuseEncodeStep"]
     assert [(l["layer"], l["hashed"], l["budget"]) for l in m["layers"]] == [(0, False, 4), (1, False, 4), (2, False, 0.5), (3, True, 6)]
     assert set(m["hash_weights"]["tensors"]) == {"layer.3"}
-    budgets.unlink()  # the manifest holds the budgets: replay needs neither the file nor the variable
+    budgets.unlink()  # the manifest holds the budgets: replay needs no file
     loaded = hatac.load(out, device="cpu")
     assert [s.to_dict() for s in loaded.layers.values()] == m["layers"]
     d = loaded.decode_graph
