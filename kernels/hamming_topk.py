@@ -21,7 +21,7 @@ the fine pass's programs skip their scan when the new bin is one of them (every 
 the same bin, so they decide alike). The write pass records the new window and counts hits. The result
 never depends on the hint: a stale or missing one only costs the full fine pass. (A decode step's fine pass
 lasts as long as its slowest row, so at batch 8 one missing row in 64 costs the whole scan: with one bin,
-94% of rows hit in ``hatac bench generate`` and nearly every step scanned; docs/PERFORMANCE.md, session 13.)
+94% of rows hit in ``hatac bench generate`` and nearly every step scanned: docs/PERFORMANCE.md, Decisions.)
 
 **Prefetches (Hopper).** Each scoring program asks the L2 for the first slots of its split's codes (one bulk
 prefetch) before it waits for the previous kernel, so they stream in while the encoder runs. Given the K/V

@@ -3,17 +3,17 @@
 Why: at decode a projection is a GEMM of M = batch rows, bound by reading its weight. cuBLAS runs most of
 Llama-3-8B's at 2.5-2.8 TB/s on the H100, but picks a 64-CTA kernel for ``o_proj`` (N = K = 4096) that
 reads at 2.1 TB/s. One program per BLOCK_N output features, streaming those rows of W with a few loads in
-flight (``num_stages``), beats it where its programs spread evenly over the SMs (``python
-examples/gemv_splitk_probe.py --shipped``, H100, batch 1-16: o_proj 0.86-0.91x of cuBLAS's time, lm_head
-0.92-0.94x, down 0.95-0.98x, gate/up even; q/k/v, 192 programs on 132 SMs, 1.04-1.08x, so it stays with
-cuBLAS: ``min_wave_fill``; docs/PERFORMANCE.md). Splitting K across programs as well bought nothing.
+flight (``num_stages``), beats it where its programs spread evenly over the SMs (H100, batch
+1-16: faster than cuBLAS for o_proj, lm_head and down, even for gate/up; q/k/v, 192 programs on 132 SMs,
+slower, so they stay with cuBLAS: ``min_wave_fill``; docs/PERFORMANCE.md, Decisions). Splitting K across
+programs as well bought nothing.
 
 Rows past the kernel option ``linear.max_rows`` (:mod:`hatac.kernels.options`), other dtypes and layouts go to ``torch.nn.functional.linear`` (cuBLAS):
 prefill, and anything this kernel was not measured on.
 
 The same kernel is ``hatac::linear_silu_mul``'s body (GATED): a gated MLP's stacked gate/up weight, each
 program streaming its features' gate rows and up rows and storing SiLU(gate) * up, so that no SiLU-and-mul
-kernel stands between gate/up and down (docs/PERFORMANCE.md, session 12).
+kernel stands between gate/up and down (docs/PERFORMANCE.md, Decisions).
 """
 
 from __future__ import annotations

@@ -123,8 +123,8 @@ def check(seed: int = 0) -> dict:
 def gather_kernel():
     """A Triton kernel that only reads gathered cache rows (sums them into one float a program): what a
     plain gather of the selected K and V rows costs on this GPU. K row ``r`` at ``k_ptr + r * ROW``, V row
-    at ``v_ptr + r * ROW`` (``ROW`` = D for separate caches; examples/gemm_gather_probe.py also times a
-    layout with a token's K and V side by side, ``ROW`` = 2 D)."""
+    at ``v_ptr + r * ROW`` (``ROW`` = D for separate caches, 2 D for a layout with a token's K and V side by
+    side)."""
     import triton
     import triton.language as tl
 

@@ -48,8 +48,8 @@ class RouteDecodeLinears(NodeRewritePass):
 
     ``after_sparse_attention``: the ``l2_prefetch`` of a linear that reads a hashed layer's attention output
     (``o_proj``): that kernel is short and latency-bound, so the GEMV's weight can stream into the L2 under
-    it (H100, ``python examples/linear_prefetch_probe.py``: a quarter of the weight took 1.5-2.5 us off
-    o_proj after hatac's attention; after the dense attention, which streams the whole cache, prefetching
+    it (H100: a quarter of the weight took 1.5-2.5 us off o_proj after hatac's
+    attention, docs/PERFORMANCE.md, Decisions; after the dense attention, which streams the whole cache, prefetching
     only slowed it, so other linears get 0)."""
 
     modes = (DECODE,)

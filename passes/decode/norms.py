@@ -4,7 +4,7 @@ kernel launched with programmatic dependent launch.
 Why: in a Llama-style decoder the add and the norm sit between two weight streams (``o_proj`` -> gate/up,
 ``down_proj`` -> the next q/k/v). Inductor fuses them into one kernel too, but (torch 2.11) launches it
 without PDL; hatac's kernel launches while the GEMV in front drains and lets the GEMV behind launch under it
-(H100, batch 8 / 32K: 7.99 -> 7.92 ms a step; docs/PERFORMANCE.md, session 12). Same math, same roundings.
+(H100, batch 8 / 32K: docs/PERFORMANCE.md, Decisions). Same math, same roundings.
 Runtime-only, like ``RouteDecodeLinears``: applied by ``hatac.runtime.decode_step.runtime_decode_graph`` to the
 runtime's copy of the decode graph; ``DecodeOptions(norm=False)`` turns it off.
 """

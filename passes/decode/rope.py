@@ -3,7 +3,7 @@
 Why: in the decode step the query and key are rotated by inductor's kernels (two a layer, torch 2.11), which
 launch without programmatic dependent launch between the q/k/v GEMM and hatac's encode; the encode already
 loads q and k, so rotating them there costs no extra memory traffic and drops those launches (H100 timeline,
-batch 8 / 32K: ~3 us of a ~217 us hashed layer; docs/PERFORMANCE.md, session 13). Same math, same rounding
+batch 8 / 32K: docs/PERFORMANCE.md, Decisions). Same math, same rounding
 (float32, one rounding to the input dtype). Runtime-only, like ``FuseAddRMSNorm``: applied by
 ``hatac.runtime.decode_step.runtime_decode_graph``; ``DecodeOptions(rope=False)`` turns it off.
 

@@ -3,7 +3,7 @@
 Why: at decode a projection is a GEMV-like GEMM of a few rows, bound by reading its weight, and each
 launch has a fixed cost the small ones never amortize. On the H100 at batch 8, Llama-3-8B's q, k and v
 as three GEMMs take 42 us a layer against 30 us for one on the stacked (6144, 4096) weight; gate and up
-save ~1 us (``python examples/gemm_gather_probe.py --only gemm``).
+save ~1 us (docs/PERFORMANCE.md, Decisions).
 
 No weight is copied for good: the stacked weight is built once and the model's own parameters become
 row views of it (so ``state_dict``, ``save_pretrained`` and every other graph of the model see the same

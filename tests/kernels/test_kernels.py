@@ -397,7 +397,7 @@ def _check_hinted(device, kernel_options=None):
 
 @interp
 def test_hamming_topk_one_bin_hint_interp(kernel_options):
-    """The one-bin window (``hint_window`` 1, the hint before session 13): a shifted bin never hits."""
+    """The one-bin window (``hint_window`` 1): a shifted bin never hits."""
     kernel_options(hamming_topk={"hint_window": 1})
     _check_hinted("cpu")
 
