@@ -30,7 +30,7 @@ group Hamming ranking scored below the rescaled paper loss on the synthetic data
 decorrelation weight (0.2) helped on synthetic data with r = D but lost 0.05 on the real model, so the
 paper's 2.0 stays.
 
-(Real-model numbers: ``python examples/calibration_recall.py``.)
+(Real-model numbers: q/k of SmolLM2's layers captured on standard-library sources, ``hatac.data.texts.stdlib_sources``.)
 
 ``group_labels`` (off): label every query head by its KV group's summed q.k, the score the selection and
 the recall oracle rank by, instead of by its own q.k. Screened on SmolLM2 r 128, full effort, layers

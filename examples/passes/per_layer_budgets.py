@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from hatac.errors import HatacError
+from hatac import HatacError
 from hatac.passes import PassBase, PassResult
 
 ENV_VAR = "HATAC_LAYER_BUDGETS"

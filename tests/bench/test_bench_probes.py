@@ -70,24 +70,3 @@ def test_step_reads_times_the_stream_then_the_gather(monkeypatch):
                for bb in range(b) for hh in range(hkv))
     for gather in ran[:2]:
         assert torch.allclose(gather.args[3].sum(), want, rtol=1e-4, atol=1e-3)
-
-
-def test_probe_launch_lists_span_warps_and_stages():
-    """The wider sweeps of examples/read_rate_probe.py: one launch per geometry, warps and stages passed on."""
-    words = torch.zeros(4096, dtype=torch.int32, device=DEVICE)
-    launches = bk.stream_launches(words, blocks=(1024,), iters=(1, 4), warps=(4, 8))
-    assert sorted((f.keywords["ITERS"], f.keywords["num_warps"]) for f in launches) == [(1, 4), (1, 8), (4, 4), (4, 8)]
-    kv = torch.zeros(64, 16, device=DEVICE)
-    rows = torch.zeros(2, 32, dtype=torch.int64, device=DEVICE)
-    launches = bk.gather_launches(kv, kv, rows, 16, 16, programs=(4,), blocks=(16,), warps=(2, 4), stages=(None, 3))
-    assert [(f.keywords["num_warps"], f.keywords.get("num_stages")) for f in launches] == [(2, None), (2, 3), (4, None), (4, 3)]
-
-
-def test_probe_args(monkeypatch):
-    """The step probes' shared arguments; without a GPU, a one-line exit."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
-        bk.probe_args("A probe.\n\nMore.", [])
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    a = bk.probe_args("A probe.", ["--batch", "4", "--contexts", "1024", "2048", "-o", "x"])
-    assert (a.batch, a.contexts, a.budgets, str(a.out)) == (4, [1024, 2048], [1 / 32, 1 / 64], "x")
