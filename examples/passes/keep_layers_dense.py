@@ -4,19 +4,15 @@
     hatac convert MODEL -o OUT --pass "examples/passes/keep_layers_dense.py:KeepLayersDense?layers=2,-1"
 
 The layers come from the ``layers`` argument (indices joined by commas; negative ones count from the last
-layer), else the ``HATAC_DENSE_LAYERS`` environment variable, else ``-1`` (the last layer). Runs before
+layer), else ``-1`` (the last layer). Runs before
 the rewrite, so the chosen layers get no hash weights, no key-code cache and ``cache_attention`` in the
 decode graph; the manifest stores the layers (:meth:`spec_args`) so ``hatac.load`` replays them.
 """
 
 from __future__ import annotations
 
-import os
-
 from hatac import HatacError
 from hatac.passes import PassBase, PassResult
-
-ENV_VAR = "HATAC_DENSE_LAYERS"
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -36,7 +32,7 @@ class KeepLayersDense(PassBase):
 
     def __init__(self, layers: str | list[int] | tuple[int, ...] | None = None):
         if layers is None:
-            layers = os.environ.get(ENV_VAR, "-1")
+            layers = "-1"
         self.layers = parse_layers(layers) if isinstance(layers, str) else tuple(int(i) for i in layers)
 
     def call(self, gm, ctx):

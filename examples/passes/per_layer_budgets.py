@@ -5,8 +5,7 @@
     hatac convert MODEL -o OUT --pass "examples/passes/per_layer_budgets.py:PerLayerBudgets?budgets=2:0.25,-1:64"
 
 Where the budgets come from, first found wins: the ``budgets`` argument (``layer:budget`` pairs joined
-by commas), the ``path`` argument, the ``HATAC_LAYER_BUDGETS`` environment variable (a file path), then
-``layer_budgets.json`` next to this file. Layers are indices; negative ones count from the last layer.
+by commas), the ``path`` argument, then ``layer_budgets.json`` next to this file. Layers are indices; negative ones count from the last layer.
 A budget is a fraction of the context (< 1) or a token count (>= 1), as ``--budget``.
 
 The budgets are read once, when the pass is made, and stored inline in the artifact's manifest
@@ -17,13 +16,11 @@ Layers the recipe keeps dense keep their settings: a budget applies only when a 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from hatac import HatacError
 from hatac.passes import PassBase, PassResult
 
-ENV_VAR = "HATAC_LAYER_BUDGETS"
 DEFAULT_FILE = Path(__file__).with_name("layer_budgets.json")
 
 
@@ -78,7 +75,7 @@ class PerLayerBudgets(PassBase):
             self.budgets = parse_budgets(budgets) if isinstance(budgets, str) else {_check_layer(k): _check_budget(k, v) for k, v in budgets.items()}
             self.source = "arguments"
         else:
-            path = path or os.environ.get(ENV_VAR) or DEFAULT_FILE
+            path = path or DEFAULT_FILE
             self.budgets = read_budgets(path)
             self.source = str(path)
 

@@ -152,11 +152,10 @@ def _fastest(launches) -> tuple[float, object]:
 
 
 def gather_launches(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor, row: int, d: int,
-                    programs=(512, 2048), blocks=(64,), warps=(4,), stages=(None,)) -> list:
+                    programs=(512, 2048), blocks=(64,)) -> list:
     """Launches of :func:`gather_kernel` reading the K and V rows numbered in ``rows`` ((n, k) int64, -1 =
     none; row r at ``k_rows`` / ``v_rows`` + r * ``row`` elements), one a launch geometry: about
-    ``programs`` programs, each gathering ``blocks`` rows a step, with ``warps`` warps and ``stages``
-    pipeline stages (None: Triton's default)."""
+    ``programs`` programs, each gathering ``blocks`` rows a step."""
     import triton
 
     gather = gather_kernel()
@@ -168,18 +167,8 @@ def gather_launches(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tens
             chunk = triton.cdiv(triton.cdiv(k, pieces), block) * block
             pieces = triton.cdiv(k, chunk)
             out = torch.empty(n * pieces, device=rows.device)
-            for nw in warps:
-                for st in stages:
-                    launches.append(functools.partial(gather[(n, pieces)], k_rows, v_rows, rows, out, k, chunk, row,
-                                                      D=d, BLOCK_N=block, num_warps=nw,
-                                                      **({} if st is None else {"num_stages": st})))
+            launches.append(functools.partial(gather[(n, pieces)], k_rows, v_rows, rows, out, k, chunk, row, D=d, BLOCK_N=block))
     return launches
-
-
-def time_gather(k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor, row: int, d: int,
-                programs=(512, 2048), blocks=(64,)) -> float:
-    """Graph-timed ms of the fastest of :func:`gather_launches`."""
-    return _fastest(gather_launches(k_rows, v_rows, rows, row, d, programs, blocks))[0]
 
 
 @functools.cache
@@ -245,22 +234,6 @@ def step_reads(stream, kc: torch.Tensor, vc: torch.Tensor, idx: torch.Tensor) ->
     return {"gather_ms": gather_ms, "reads_ms": _graph_bench(both)}
 
 
-def probe_args(doc: str, argv=None):
-    """The arguments the step probes in examples/ share (--batch, --contexts, --budgets, -o), parsed; the
-    first line of ``doc`` describes the script. Exits with a one-line error without a CUDA GPU."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--contexts", type=int, nargs="+", default=[32768, 131072])
-    p.add_argument("--budgets", type=float, nargs="+", default=[1 / 32, 1 / 64])
-    p.add_argument("-o", "--out", type=Path, default=None, help="folder for the JSON results")
-    args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit(f"{p.prog} needs a CUDA GPU")
-    return args
-
-
 def _fits(b: int, hkv: int, t: int, d: int, dt_bytes: int) -> bool:
     free, _ = torch.cuda.mem_get_info()
     need = 2 * b * hkv * t * d * dt_bytes * 1.2 + (256 << 20)
@@ -279,8 +252,7 @@ def _torch_topk_select(sel, qc, codes, pos, k):
 def decode_problem(b: int, t: int, hq: int = 32, hkv: int = 8, d: int = 128, r: int = 128, dt=torch.bfloat16,
                    seed: int = 0) -> tuple[torch.Tensor, ...]:
     """One layer's decode step on random caches full to ``t`` slots, on ``DEVICE``: (q, new key, K cache,
-    V cache, W, key codes, q_pos). Shared by this benchmark and the scripts in examples/ that time or
-    profile the same step."""
+    V cache, W, key codes, q_pos)."""
     enc, _, _ = _kernels()
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     kc = torch.randn(b, hkv, t, d, device=DEVICE, dtype=dt, generator=gen)

@@ -223,24 +223,22 @@ def test_fuse_encode_step_postcondition_names_the_pass(base):
 
 # -- example passes -----------------------------------------------------------------------------------
 
-def test_per_layer_budgets_sources(tmp_path, monkeypatch):
+def test_per_layer_budgets_sources(tmp_path):
     from importlib import util
 
     spec = util.spec_from_file_location("plb", EXAMPLES / "per_layer_budgets.py")
     mod = util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    monkeypatch.delenv(mod.ENV_VAR, raising=False)
     assert mod.PerLayerBudgets().budgets == {int(k): v for k, v in json.loads((EXAMPLES / "layer_budgets.json").read_text()).items()}
     f = tmp_path / "b.json"
     f.write_text('{"1": 0.5, "-2": 12}')
-    monkeypatch.setenv(mod.ENV_VAR, str(f))
-    assert mod.PerLayerBudgets().budgets == {1: 0.5, -2: 12.0}
-    assert mod.PerLayerBudgets(budgets="3:7").budgets == {3: 7.0}  # arguments win over the environment
-    assert mod.PerLayerBudgets().spec_args() == {"budgets": "-2:12,1:0.5"}
+    assert mod.PerLayerBudgets(path=f).budgets == {1: 0.5, -2: 12.0}
+    assert mod.PerLayerBudgets(budgets="3:7", path=f).budgets == {3: 7.0}  # budgets win over the file
+    assert mod.PerLayerBudgets(path=f).spec_args() == {"budgets": "-2:12,1:0.5"}
     for bad, msg in [('{"1": 2.5}', "whole token count"), ('{"x": 3}', "not an integer"), ("[1]", "JSON object"), ("{", "cannot read")]:
         f.write_text(bad)
         with pytest.raises(HatacError, match=msg):
-            mod.PerLayerBudgets()
+            mod.PerLayerBudgets(path=f)
     with pytest.raises(HatacError, match="does not exist"):
         mod.PerLayerBudgets(path=tmp_path / "nope.json")
 
