@@ -353,18 +353,23 @@ def eval_(
     learned: Optional[str] = typer.Option(None, "--learned", help="calibrate (default), cached (default with --quick: only W cached or given) or off."),
     learned_from: List[Path] = typer.Option([], "--learned-from", help="Learned hash weights to use (artifact folder or .safetensors; repeatable, one per r)."),
     calib_effort: str = typer.Option("auto", "--calib-effort", help="Calibration work for learned W: auto, fast or full."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated subset of recall,perplexity,passkey."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated subset of recall,perplexity,passkey,tasks (default: the first three; with --task: tasks only)."),
     docs: Optional[int] = typer.Option(None, "--docs", help="Perplexity/recall documents (plays and stdlib code alternately)."),
     doc_tokens: Optional[int] = typer.Option(None, "--doc-tokens", help="Tokens per document."),
     passkey_trials: Optional[int] = typer.Option(None, "--passkey-trials", help="Passkey trials per needle depth."),
     passkey_length: Optional[int] = typer.Option(None, "--passkey-length", help="Passkey haystack tokens."),
-    seed: Optional[int] = typer.Option(None, help="Seed of random hashing and the passkeys."),
+    seed: Optional[int] = typer.Option(None, help="Seed of random hashing, the passkeys and the task samples."),
     hatac_forced: Optional[str] = typer.Option(None, "--hatac-forced", help="Extra hatac variants with SINK:RECENT tokens forced into the selection, inside the budget (comma-separated, e.g. 4:8)."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated budgets to evaluate instead of the default six: fractions of the context (1/32, 0.05) and token counts (256)."),
+    task: List[str] = typer.Option([], "--task", help="RULER-style task (repeatable): niah_multikey (several keys, ask one), niah_multivalue (one key, all its values), vt (variable tracking), cwe (common words), or all. Alone it runs the tasks only; with --metrics, tasks are added to those."),
+    task_length: Optional[int] = typer.Option(None, "--task-length", help="Prompt tokens of each task sample (haystack of evaluation plays, needles and question)."),
+    task_trials: Optional[int] = typer.Option(None, "--task-trials", help="Samples per task."),
 ):
-    """Measure top-k attention accuracy: recall, perplexity and passkey retrieval.
+    """Measure top-k attention accuracy: recall, perplexity, passkey retrieval and RULER-style tasks.
 
     Compares hatac (learned and random hashing) with exact top-k, Quest, Loki and StreamingLLM at budgets
-    1/64, 1/32, 1/16 of the context and 128, 256, 512 tokens (docs/ACCURACY.md).
+    1/64, 1/32, 1/16 of the context and 128, 256, 512 tokens (docs/ACCURACY.md). Tasks (--task) are
+    scored by RULER's string match of the greedy answer, each method against dense.
     """
 
     def run():
@@ -372,14 +377,53 @@ def eval_(
 
         overrides = {"n_docs": docs, "doc_tokens_min": doc_tokens, "doc_tokens_max": doc_tokens, "passkey_trials": passkey_trials,
                      "passkey_length": passkey_length, "seed": seed,
-                     "metrics": tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None,
-                     "hatac_forced": _forced_pairs(hatac_forced) if hatac_forced else None}  # fmt: skip
+                     "metrics": _metrics(metrics, task), "tasks": _tasks(task), "task_length": task_length, "task_trials": task_trials,
+                     "hatac_forced": _forced_pairs(hatac_forced) if hatac_forced else None, **_budgets(budgets)}  # fmt: skip
         from hatac.data import calibration_file
 
         evaluate(model, output, quick=quick, device=device, dtype=dtype, calib=calib or calibration_file(), learned=learned, learned_from=list(learned_from),
                  calib_effort=calib_effort, overrides=overrides, progress=_progress, console=out)  # fmt: skip
 
     _run(run)
+
+
+def _budgets(text: Optional[str]) -> dict:
+    """--budgets '1/32,256' -> {"fractions": (1/32,), "counts": (256,)}; {} when not given."""
+    if not text:
+        return {}
+    from hatac.evaluation.budgets import parse
+
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(parse(part.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise HatacError(f"--budgets takes fractions such as 1/32 and token counts such as 256, got {part.strip()!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise HatacError(f"--budgets must be positive, got {text!r}")
+    return {"fractions": tuple(v for v in values if v < 1), "counts": tuple(int(v) for v in values if v >= 1)}
+
+
+def _metrics(metrics: Optional[str], tasks: List[str]) -> Optional[tuple[str, ...]]:
+    """--metrics as a tuple; --task alone selects the tasks metric, with --metrics it adds it."""
+    chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else ()
+    if tasks and "tasks" not in chosen:
+        chosen += ("tasks",)
+    return chosen or None
+
+
+def _tasks(tasks: List[str]) -> Optional[tuple[str, ...]]:
+    """--task values, 'all' expanded, duplicates dropped; unknown names are refused by the settings."""
+    if not tasks:
+        return None
+    from hatac.evaluation.tasks import TASKS
+
+    out: list[str] = []
+    for t in tasks:
+        for name in TASKS if t.strip() == "all" else (t.strip(),):
+            if name not in out:
+                out.append(name)
+    return tuple(out)
 
 
 def _forced_pairs(text: str) -> tuple[tuple[int, int], ...]:

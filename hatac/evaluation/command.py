@@ -96,5 +96,6 @@ def evaluate(
 
     results = run(model, tokenizer, out_dir, settings, calib_samples=samples, learn_weights=learn, device=dev, console=console, em=em)
     report.print_tables(results, console)
-    progress(f"wrote {Path(out_dir) / 'results.json'} and {', '.join(results['plots'])} in {results['timings_s']['total']:.0f}s")
+    written = [str(Path(out_dir) / "results.json"), *results["plots"]]
+    progress(f"wrote {', '.join(written)} in {results['timings_s']['total']:.0f}s")
     return results

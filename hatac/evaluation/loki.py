@@ -4,6 +4,13 @@ Keys come from the dense model's observe graph (post-RoPE, exactly what the cach
 the eigenvectors of the keys' covariance, by decreasing eigenvalue; Loki then scores q.k over the first
 r coordinates of query and key in that basis (:class:`hatac.evaluation.policies.Loki`). With r = head_dim
 the basis is a rotation and the score is exact q.k.
+
+Against Loki's paper and code (github.com/hpcgroup/loki, methods/pca_topk): the same fit, per layer and
+per KV head (components (H_kv, D, D), repeated over each group's query heads), from keys of calibration
+text, the covariance centred on the mean as a PCA is, the mean not subtracted when scoring. Loki offers
+pre- and post-rotary bases (both applied to post-RoPE keys); hatac fits post-RoPE keys only, Loki's Llama
+setting, since the observe graph gives post-RoPE keys. Differences: the calibration text (hatac's
+calibration plays, not WikiText), and the selection per KV head (see the policy's docstring).
 """
 
 from __future__ import annotations

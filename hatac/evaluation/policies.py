@@ -16,12 +16,14 @@ Policies:
 - :class:`HashPolicy`: hatac's selection, Hamming distance between ``sign(x @ W)`` codes summed over the
   group (random W = sign random projection; learned W from calibration). Computed from the +-1 signs
   as a matmul; equal to ``hamming_scores`` of the packed codes (tests check it).
-- :class:`Quest`: 16-token pages; per page and channel the min and max key; the page's score is the
-  upper bound ``sum_d max(q_d min_d, q_d max_d)`` of q.k over its keys; a token's score is its page's,
-  so selection takes whole pages best first (the last one cut at the budget, lower slots first). The
-  page holding the query is bounded by its keys up to the query only, as it would be when decoding.
+- :class:`Quest`: 16-token pages; per page and channel the min and max key; a page's score is the upper
+  bound ``sum_d max(q_d min_d, q_d max_d)`` of q.k over its keys; a token's score is its page's, so
+  selection takes whole pages best first (the last one cut at the budget, lower slots first). The page
+  holding the query is always kept and counts inside the budget, as in Quest's kernels (adaptations:
+  :class:`Quest`'s docstring).
 - :class:`Loki`: keys and queries rotated into a per-(layer, KV head) PCA basis of post-RoPE keys fitted
-  on calibration text (:mod:`hatac.evaluation.loki`); score q.k over the first r dims.
+  on calibration text (:mod:`hatac.evaluation.loki`); score q.k over the first r dims (adaptations:
+  :class:`Loki`'s docstring).
 - :class:`StreamingLLM`: the first ``sink`` tokens, then the most recent ones, up to the budget.
 """
 
@@ -142,7 +144,27 @@ class HashPolicy(Policy):
 
 
 class Quest(Policy):
-    """Quest's page selection: per-page per-channel min/max keys, upper bound of q.k, best pages first."""
+    """Quest (Tang et al., ICML'24): page top-k by an upper bound of q.k from per-page min/max keys.
+
+    What Quest does and this keeps: pages of ``page`` tokens; per page and channel the min and max of the
+    (post-RoPE) keys; a page's criticality is ``sum_d max(q_d min_d, q_d max_d)``, an upper bound of q.k
+    over its keys; the best pages are attended. The page holding the current query (the last page, being
+    filled) is always attended, whatever its bound: Quest's decode kernels leave it out of the estimate
+    and top-k and always append it, and its page budget includes it ("real page budget including the last
+    page"). Here likewise the current page's tokens (those up to the query) come first and count inside
+    the budget; the other pages follow by decreasing bound.
+
+    Adaptations (also in :meth:`describe`, so in the report JSON):
+
+    - GQA: one selection per KV head, by the sum over the group's G query heads of each head's bound
+      (an upper bound of the group-summed q.k); Quest selects per query head (it ran on MHA models).
+    - Budget in tokens, equal for every method (:func:`hatac.reference.keep_counts`): the last page
+      taken is cut to fit (lower slots first), where Quest counts whole pages (and its evaluation script
+      keeps at least 3). If the budget is below the current page's token count, only the newest tokens
+      of that page (the query's own first) are kept.
+    - One-pass perplexity: every position selects over its causal prefix; the pages before the query's
+      own page are complete, so their bounds are what decoding would see.
+    """
 
     name = "quest"
 
@@ -157,14 +179,11 @@ class Quest(Policy):
         pad = n_pages * p - t
         hi = torch.nn.functional.pad(kf, (0, 0, 0, pad), value=float("-inf")).reshape(b, hkv, n_pages, p, d)
         lo = torch.nn.functional.pad(kf, (0, 0, 0, pad), value=float("inf")).reshape(b, hkv, n_pages, p, d)
-        # Running max / min inside each page: the bound of a page cut at a query's own position.
-        run_hi = hi.cummax(3).values.reshape(b, hkv, n_pages * p, d)[:, :, :t]
-        run_lo = lo.cummin(3).values.reshape(b, hkv, n_pages * p, d)[:, :, :t]
-        return hi.amax(3), lo.amin(3), run_hi, run_lo
+        return hi.amax(3), lo.amin(3)
 
     def chunk_scores(self, q, state, q_pos, t, layer):
-        page_hi, page_lo, run_hi, run_lo = state
-        b, hkv, n_pages, d = page_hi.shape
+        page_hi, page_lo = state
+        hkv = page_hi.shape[1]
         p = self.page
         n = -(-t // p)
         qf = q.float()
@@ -172,21 +191,42 @@ class Quest(Policy):
         qn = group_sum(qf.clamp_max(0), hkv)
         # sum_j sum_d max(q_jd hi_d, q_jd lo_d) = (sum_j q_j^+) . hi + (sum_j q_j^-) . lo
         bound = torch.matmul(qp, page_hi[:, :, :n].transpose(-1, -2)) + torch.matmul(qn, page_lo[:, :, :n].transpose(-1, -2))
-        # The query's own page: bounded by its keys up to the query (what decoding would have cached).
-        idx = q_pos.to(torch.int64).clamp_max(run_hi.shape[2] - 1)  # (B, S)
-        gidx = idx.view(b, 1, -1, 1).expand(b, hkv, idx.shape[1], d)
-        own = (qp * torch.gather(run_hi, 2, gidx)).sum(-1) + (qn * torch.gather(run_lo, 2, gidx)).sum(-1)  # (B, Hkv, S)
-        own_page = (idx // p).view(b, 1, -1, 1).expand(b, hkv, idx.shape[1], 1)
-        bound.scatter_(-1, own_page, own.unsqueeze(-1))
-        return -bound.repeat_interleave(p, dim=-1)[..., :t]
+        scores = -bound.repeat_interleave(p, dim=-1)[..., :t]
+        # The query's own page: always kept, newest token first. Its scores sit below every finite bound
+        # (all < -fmax / p), distinct and decreasing with the slot; slots after the query are invalid anyway.
+        slot = torch.arange(t, device=q.device).view(1, 1, 1, t)
+        start = (q_pos.to(torch.int64) // p * p).view(q_pos.shape[0], 1, -1, 1)  # (B, 1, S, 1)
+        own = slot >= start
+        fmax = torch.finfo(torch.float32).max
+        forced = -(slot - start + 1).clamp(1, p).float() * (fmax / p)
+        return torch.where(own, forced, scores)
 
     def describe(self) -> dict:
-        return {"name": self.name, "page": self.page}
+        return {
+            "name": self.name,
+            "page": self.page,
+            "current_page": "always kept, inside the budget (as Quest's kernels: page budget includes the last page)",
+            "adaptations": [
+                "one selection per KV head: bounds summed over the KV group's query heads (Quest selects per query head)",
+                "budget counted in tokens like every method: the last page taken is cut to fit (Quest counts whole pages)",
+                "one-pass perplexity: each position selects over its causal prefix, as decoding would",
+            ],
+        }
 
 
 class Loki(Policy):
-    """Loki: q.k in the first ``rank`` dims of a PCA basis of keys. basis[layer]: (Hkv, D, D), columns by
-    decreasing variance (see :func:`hatac.evaluation.loki.fit_pca`)."""
+    """Loki (Singhania et al., NeurIPS'24): q.k in the first ``rank`` dims of a PCA basis of keys.
+
+    basis[layer]: (Hkv, D, D), columns by decreasing variance (:func:`hatac.evaluation.loki.fit_pca`).
+    As Loki fits it: offline, per layer and per KV head, on post-RoPE keys of calibration text (Loki's
+    code offers pre- or post-rotary bases and applies either to post-RoPE keys; post-RoPE is its Llama
+    setting); keys and queries are projected without subtracting the mean, as Loki's code does.
+
+    Adaptations (also in :meth:`describe`): one selection per KV head by q.k summed over the group's
+    query heads (Loki takes a top-k per query head, the KV head's basis repeated over its group); a fixed
+    rank (Loki can also pick the rank from an explained-variance threshold); calibration text is hatac's
+    (the calibration plays), not Loki's WikiText/C4.
+    """
 
     name = "loki"
 
@@ -210,7 +250,15 @@ class Loki(Policy):
         return -torch.matmul(q_r, k_r[:, :, :t].transpose(-1, -2))
 
     def describe(self) -> dict:
-        return {"name": self.name, "rank": self.rank}
+        return {
+            "name": self.name,
+            "rank": self.rank,
+            "basis": "PCA of post-RoPE calibration keys, per layer and KV head, no mean subtracted when scoring",
+            "adaptations": [
+                "one selection per KV head: q.k summed over the KV group's query heads (Loki selects per query head)",
+                "fixed rank (Loki can also set it by explained variance); hatac's calibration text, not WikiText/C4",
+            ],
+        }
 
 
 class StreamingLLM(Policy):

@@ -78,6 +78,13 @@ def tables(results: dict) -> list[Table]:
                 continue
             t.add_row(name, *[_fmt(per.get(b, {}).get("acc"), pct=True) for b in budgets])
         out.append(t)
+    for task, res in (results.get("tasks") or {}).items():
+        t = _budget_table(f"Task {task} (RULER-style string match, {res['dense']['trials']} trials, prompts of ~{res['prompt_tokens']:.0f} tokens); dense {_fmt(res['dense']['acc'], pct=True)}", budgets)
+        for name, per in res.items():
+            if name in ("dense", "prompt_tokens"):
+                continue
+            t.add_row(name, *[_fmt(per.get(b, {}).get("acc"), pct=True) for b in budgets])
+        out.append(t)
     tg = results.get("targets") or {}
     if tg.get("checks"):
         t = Table(title=f"Targets (budgets {', '.join(tg['budgets'])}, r={tg['rbits']})")

@@ -1,4 +1,4 @@
-"""``hatac eval``: recall@k, perplexity and passkey retrieval of every selection method, at every budget.
+"""``hatac eval``: recall@k, perplexity, passkey retrieval and RULER-style tasks of every selection method, at every budget.
 
 One converted model (:class:`~hatac.evaluation.session.EvalModel`) runs all methods through the same
 graphs; the methods differ only in the policy the selector runs (see policies.py). Results go to
@@ -27,6 +27,8 @@ from hatac.evaluation.perplexity import documents_nll
 from hatac.evaluation.policies import HashPolicy, Loki, Oracle, Policy, Quest, StreamingLLM
 from hatac.evaluation.recall import layer_recall, query_positions
 from hatac.evaluation.session import EvalModel
+from hatac.evaluation.task_eval import run_tasks
+from hatac.evaluation.tasks import TASKS, Haystack, TaskBuilder, eval_haystack
 from hatac.data.texts import Document, eval_documents
 
 TARGET_BUDGETS = (1 / 32, 1 / 16)
@@ -51,6 +53,10 @@ class EvalSettings:
     passkey_length: int = 2048
     passkey_depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     passkey_trials: int = 10
+    # RULER-style tasks (metric "tasks"; hatac.evaluation.tasks): which, prompt tokens, trials per task.
+    tasks: tuple[str, ...] = TASKS
+    task_length: int = 2048
+    task_trials: int = 10
     # Baselines.
     quest_page: int = 16
     loki_rank: int = 0  # 0: head_dim // 4
@@ -73,12 +79,17 @@ class EvalSettings:
     def quick(cls) -> "EvalSettings":
         """CI-size smoke: one short document, few trials, two hash widths."""
         return cls(rbits=(32, 128), n_docs=1, doc_tokens_min=1280, doc_tokens_max=1280, recall_queries=16,
-                   passkey_length=512, passkey_depths=(0.5,), passkey_trials=2, calib_tokens=1024)  # fmt: skip
+                   passkey_length=512, passkey_depths=(0.5,), passkey_trials=2, calib_tokens=1024, task_length=1024, task_trials=2)  # fmt: skip
 
     def validate(self) -> None:
-        unknown = set(self.metrics) - {"recall", "perplexity", "passkey"}
+        unknown = set(self.metrics) - {"recall", "perplexity", "passkey", "tasks"}
         if unknown or not self.metrics:
-            raise HatacError(f"--metrics takes a comma-separated subset of recall, perplexity, passkey; got {', '.join(self.metrics) or 'nothing'}")
+            raise HatacError(f"--metrics takes a comma-separated subset of recall, perplexity, passkey, tasks; got {', '.join(self.metrics) or 'nothing'}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise HatacError(f"--task takes {', '.join(TASKS)} or all; got {', '.join(bad) or 'nothing'}")
+        if self.task_trials < 1 or self.task_length < 256:
+            raise HatacError(f"tasks need >= 1 trial and prompts of >= 256 tokens (got {self.task_trials}, {self.task_length})")
         if self.n_docs < 1 or self.doc_tokens_min <= self.loss_from or self.doc_tokens_max < self.doc_tokens_min:
             raise HatacError(f"documents must be longer than loss_from={self.loss_from} tokens (got {self.doc_tokens_min}..{self.doc_tokens_max}, {self.n_docs} docs)")
         if self.passkey_trials < 1 or self.passkey_length < 64:
@@ -178,13 +189,15 @@ def run(
     show_progress: bool = True,
     console=None,
     em: EvalModel | None = None,
+    haystack: Haystack | None = None,
 ) -> dict:
     """Evaluate every method on ``model``; write ``results.json`` and plots to ``out_dir``; return the results.
 
     ``calib_samples``: calibration token lists (Loki's PCA; never evaluation text). ``learn_weights(r)``
     returns hatac's learned ``{layer: W}`` at r bits (None: learned hashing is left out).
     ``documents``: perplexity/recall documents (default: ``hatac.data.texts.eval_documents``). ``em``: an
-    :class:`EvalModel` of ``model`` to reuse (its capture is most of the setup time). ``results.json`` is
+    :class:`EvalModel` of ``model`` to reuse (its capture is most of the setup time). ``haystack``: the
+    tasks' prose (default: the evaluation plays, :func:`hatac.evaluation.tasks.eval_haystack`). ``results.json`` is
     written after each metric (``"partial": true`` until the end), so a stopped run keeps what it finished.
     """
     s = settings or EvalSettings.default()
@@ -232,7 +245,8 @@ def run(
         n_ppl = len(documents) * (1 + len(policies) * len(budgets)) if "perplexity" in s.metrics else 0
         n_rec = len(documents) if "recall" in s.metrics else 0
         n_pk = len(s.passkey_depths) * s.passkey_trials if "passkey" in s.metrics else 0
-        prog.set_total(n_ppl + n_rec + n_pk)
+        n_tasks = len(s.tasks) * s.task_trials if "tasks" in s.metrics else 0
+        prog.set_total(n_ppl + n_rec + n_pk + n_tasks)
 
         results: dict = {
             "settings": s.to_dict(),
@@ -268,6 +282,13 @@ def run(
             t0 = time.perf_counter()
             results["passkey"] = _passkey(em, s, tokenizer, policies, prog)
             timings["passkey"] = time.perf_counter() - t0
+            checkpoint()
+        if "tasks" in s.metrics:
+            t0 = time.perf_counter()
+            builder = TaskBuilder(tokenizer, haystack if haystack is not None else eval_haystack())
+            results["tasks"] = run_tasks(em, tokenizer, builder, list(s.tasks), s.task_length, s.task_trials, s.seed, policies, budgets,
+                                         on_trial=lambda task: prog.step(f"tasks: {task}"))  # fmt: skip
+            timings["tasks"] = time.perf_counter() - t0
     finally:
         prog.close()
     timings["total"] = time.perf_counter() - t_all

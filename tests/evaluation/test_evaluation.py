@@ -81,19 +81,56 @@ def test_quest_bound_is_at_least_the_true_max_in_each_page_and_pages_are_taken_w
         for i in range(s):
             qs = q[0, h * G : (h + 1) * G, i]  # (G, D)
             bounds = {}
-            for pg in range(i // page + 1):
-                keys = k[0, h, pg * page : min((pg + 1) * page, i + 1)]  # the page's keys a query at i can see
+            for pg in range(i // page):  # complete pages before the query's own
+                keys = k[0, h, pg * page : (pg + 1) * page]
                 hi, lo = keys.max(0).values, keys.min(0).values
                 bound = sum(float(torch.maximum(qj * hi, qj * lo).sum()) for qj in qs)  # hand-computed
                 true_max = float((qs.sum(0) @ keys.T).max())
                 assert bound >= true_max - 1e-4
                 assert scores[0, h, i, pg * page] == pytest.approx(bound, rel=1e-5, abs=1e-4)
                 bounds[pg] = bound
-            # Selection: pages by decreasing bound (ties to the lower page), tokens in slot order, cut at the budget.
-            want, n_keep = [], int(reference.keep_counts(torch.tensor([i + 1]), budget, 0, 0)[0])
+            # Selection: the query's own page first (newest first), then pages by decreasing bound (ties to
+            # the lower page), tokens in slot order, cut at the budget.
+            own = i // page * page
+            want, n_keep = list(range(i, own - 1, -1)), int(reference.keep_counts(torch.tensor([i + 1]), budget, 0, 0)[0])
             for pg in sorted(bounds, key=lambda p: (-bounds[p], p)):
-                want += list(range(pg * page, min((pg + 1) * page, i + 1)))
+                want += list(range(pg * page, (pg + 1) * page))
             assert idx[0][h][i] == set(want[:n_keep])
+
+
+@pytest.mark.parametrize("budget", [1 / 16, 0.25, 3.0, 20.0, 40.0])
+def test_quest_always_keeps_the_current_page_even_when_its_bound_is_lowest(budget):
+    """Quest's kernels always attend the last page (the one holding the query), inside the page budget:
+    here its keys point away from every query, so its bound is the lowest of all pages, and it is still
+    kept (whole when the budget allows, else its newest tokens); the count never exceeds the budget."""
+    page = 8
+    q, k = _qk(s=70, seed=9)
+    q = q.abs() + 0.1  # positive queries ...
+    k = k.abs()
+    s = q.shape[2]
+    k[:, :, 64:] = -5.0 - k[:, :, 64:]  # ... and the last page's keys (slots 64..69) very negative
+    quest = Quest(page)
+    pos = torch.arange(s).view(1, s)
+    bound = -quest.chunk_scores(q, quest.key_state(k, 0), pos, s, 0)[0, :, -1]  # (Hkv, T) last query's view
+    full_bounds = bound[:, :64:page]
+    qs = q[0, :, -1].reshape(HKV, G, D)
+    lo_last = k[0, :, 64:].min(1).values  # (Hkv, D)
+    own_bound = (qs.clamp_min(0).sum(1) * k[0, :, 64:].max(1).values + qs.clamp_max(0).sum(1) * lo_last).sum(-1)
+    assert (own_bound < full_bounds.min(-1).values).all()  # the current page has the lowest bound
+    width = reference.topk_width(s, budget)
+    idx = select(quest, q, k, pos, width, budget, layer=0)
+    n_keep = reference.keep_counts(pos[0] + 1, budget, 0, 0)
+    assert ((idx >= 0).sum(-1) <= n_keep.view(1, 1, s)).all() and torch.equal((idx >= 0).sum(-1)[0, 0], n_keep)
+    got = _sets(idx)
+    for i in range(s):
+        own = set(range(i // page * page, i + 1))
+        n = int(n_keep[i])
+        for h in range(HKV):
+            if n >= len(own):
+                assert own <= got[0][h][i], (i, h)
+            else:  # budget below the page: its newest tokens, the query's own first
+                assert got[0][h][i] == set(range(i - n + 1, i + 1)), (i, h)
+    assert Quest().describe()["adaptations"] and "per query head" in Quest().describe()["adaptations"][0]
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
