@@ -15,7 +15,7 @@ import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from hatac.assets import smollm2_dir
+from hatac.data.assets import smollm2_dir
 from hatac.calibration import PairCollector, TrainConfig, calibrate
 from hatac.texts import stdlib_sources
 

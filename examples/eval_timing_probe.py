@@ -3,7 +3,7 @@ budget 1/32 (random W, r 128), and 2 passkey trials. Used to size the sweep in d
 import time, torch, random
 torch.set_num_threads(2)
 from hatac import artifact
-from hatac.assets import smollm2_dir
+from hatac.data.assets import smollm2_dir
 from hatac.evaluation.session import EvalModel
 from hatac.evaluation.policies import Oracle, HashPolicy, Quest, StreamingLLM
 from hatac.evaluation.perplexity import document_nll

@@ -71,7 +71,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     if args.tokenizer is None:
-        from hatac.assets import smollm2_dir
+        from hatac.data.assets import smollm2_dir
 
         args.tokenizer = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(args.tokenizer)

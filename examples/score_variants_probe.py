@@ -17,7 +17,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from hatac.assets import smollm2_dir
+from hatac.data.assets import smollm2_dir
 from hatac import artifact
 from hatac.evaluation.session import EvalModel
 from hatac.evaluation.policies import HashPolicy, Oracle, group_sum

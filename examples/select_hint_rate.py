@@ -22,7 +22,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from hatac import reference as ref
-from hatac.assets import smollm2_dir
+from hatac.data.assets import smollm2_dir
 from hatac.calibration import random_weights
 from hatac.kernels.hamming_topk import plan
 from hatac.texts import eval_documents
