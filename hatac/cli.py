@@ -354,7 +354,7 @@ def demo(
 
 @app.command("eval")
 def eval_(
-    model: str = typer.Argument("smollm2", help=f"Model folder or hub id, or a bundled model: {_BUNDLED}."),
+    model: str = typer.Argument("smollm2", help=f"An artifact folder from hatac convert (its own W and recipe are measured), a model folder or hub id (W calibrated for the run), or a bundled model: {_BUNDLED}."),
     output: Path = typer.Option(Path("hatac-eval"), "-o", "--output", help="Folder for results.json and the PNG plots."),
     quick: bool = typer.Option(False, "--quick", help="CI-size smoke run (one short document, few passkey trials)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),

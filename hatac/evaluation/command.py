@@ -9,12 +9,38 @@ from typing import Callable
 
 import torch
 
+from hatac.artifact.manifest import MANIFEST_NAME
 from hatac.errors import HatacError
 from hatac.evaluation import report
 from hatac.evaluation.learned import calibrated_weights, weights_from_files
 from hatac.evaluation.run import EvalSettings, run
 
 LEARNED_MODES = ("calibrate", "cached", "off")
+
+
+def artifact_settings(folder: Path, settings: EvalSettings, progress: Callable[[str], None]) -> dict[int, dict[int, torch.Tensor]]:
+    """Evaluate what ``hatac convert`` made: the artifact's W become hatac-learned's (its one width, so the
+    learned curves hold only that r), and its recipe sets the hash width, the dense layers, the sink/recent
+    variant and one more budget in the sweep. Returns ``{r: W}``; what the evaluation cannot replay is named."""
+    from hatac.artifact.manifest import read_manifest
+    from hatac.config import HataConfig
+
+    recipe = HataConfig.from_dict(read_manifest(folder)["recipe"])
+    weights = weights_from_files([folder])
+    settings.artifact = str(folder)
+    settings.main_rbits, settings.rbits, settings.dense_layers = recipe.rbits, (recipe.rbits,), recipe.dense_layers
+    if recipe.sink or recipe.recent:
+        settings.hatac_forced = tuple(sorted({*settings.hatac_forced, (recipe.sink, recipe.recent)}))
+    if recipe.budget < 1:
+        settings.fractions = tuple(sorted({*settings.fractions, recipe.budget}))
+    else:
+        settings.counts = tuple(sorted({*settings.counts, int(recipe.budget)}))
+    skipped = [name for name, v in (("layer_budgets", recipe.layer_budgets), ("extra_dense", recipe.extra_dense)) if v]
+    if skipped:
+        progress(f"warning: the evaluation applies one budget to every hashed layer; the recipe's {' and '.join(skipped)} are not replayed")
+    progress(f"evaluating the artifact {folder}: its W (r={recipe.rbits}, {recipe.hash}) as hatac-learned, dense layers {recipe.dense_layers}, "
+             f"budget {recipe.budget:g}" + (f", sink {recipe.sink} / recent {recipe.recent}" if recipe.sink or recipe.recent else ""))
+    return weights
 
 
 def evaluate(
@@ -49,6 +75,10 @@ def evaluate(
             raise HatacError(f"unknown evaluation setting {k!r}")
         if v is not None:
             setattr(settings, k, v)
+    given = weights_from_files(list(learned_from))
+    if (Path(model_id) / MANIFEST_NAME).is_file():
+        learned = "off" if learned == "off" else "cached"
+        given.update(artifact_settings(Path(model_id), settings, progress))
     settings.validate()
     if settings.main_rbits not in settings.rbits:
         settings.rbits = tuple(sorted({*settings.rbits, settings.main_rbits}))
@@ -64,7 +94,6 @@ def evaluate(
     samples = load_calibration(calib, tokenizer)
     progress(f"calibration text: {len(samples)} samples, {sum(map(len, samples))} tokens from {calib}")
 
-    given = weights_from_files(list(learned_from))
     from hatac.evaluation.session import EvalModel
 
     em = EvalModel(model.to(dev), dense_layers=settings.dense_layers)  # one capture for calibration and every metric

@@ -70,6 +70,9 @@ class EvalSettings:
     batch_rows: int = 0
     seed: int = 0
     metrics: tuple[str, ...] = ("recall", "perplexity", "passkey")
+    # The artifact folder evaluated (``hatac eval ARTIFACT``): its W are hatac-learned's, its recipe sets rbits,
+    # dense layers, sink/recent and one budget. "" when a model is evaluated with W calibrated for the run.
+    artifact: str = ""
 
     @classmethod
     def default(cls) -> "EvalSettings":

@@ -440,3 +440,40 @@ def test_screen_trains_variants_on_chosen_layers_and_scores_them_on_documents(ti
             parse_variant(bad)
     with pytest.raises(HatacError, match="not hashed layers"):
         screen(em, calib, docs, [0], 32, variants, "full")
+
+
+def test_eval_measures_the_artifact_it_is_given(tiny_tok, calib_file, tmp_path, monkeypatch):
+    """``hatac eval ARTIFACT``: the artifact's own W are hatac-learned's (never recalibrated), and its recipe sets
+    the width, the dense layers, the sink/recent variant and adds its budget to the sweep."""
+    import importlib
+
+    from hatac.artifact.store import read_hash_weights
+    from hatac.artifact.manifest import read_manifest
+
+    cmd = importlib.import_module("hatac.evaluation.command")
+    run_mod = importlib.import_module("hatac.evaluation.run")
+    cfg = hatac.HataConfig(hash="random", rbits=64, budget=24, sink=1, recent=2, dense_layers=2, seed=3)
+    art = hatac.save(hatac.convert(tiny_model("llama"), cfg), tmp_path / "art", tokenizer=tiny_tok)
+    saved_w = read_hash_weights(art, read_manifest(art))
+    docs = [Document("argparse.py", "code", _stdlib_ids(tiny_tok, "argparse.py", 200))]
+    monkeypatch.setattr(run_mod, "eval_documents", lambda *a, **k: docs)
+    monkeypatch.setattr(cmd, "calibrated_weights", lambda *a, **k: pytest.fail("an artifact's W must not be recalibrated"))
+    seen = {}
+    real_run = cmd.run
+
+    def spy(*args, learn_weights, **kw):
+        seen["w"] = learn_weights(64)
+        return real_run(*args, learn_weights=learn_weights, **kw)
+
+    monkeypatch.setattr(cmd, "run", spy)
+    lines = []
+    overrides = dict(metrics=("recall", "perplexity"), n_docs=1, doc_tokens_min=200, doc_tokens_max=200, loss_from=96,
+                     recall_queries=8, fractions=(1 / 8,), counts=(), calib_tokens=150)  # fmt: skip
+    res = cmd.evaluate(str(art), tmp_path / "out", device="cpu", calib=calib_file, overrides=overrides, progress=lines.append)
+    assert set(seen["w"]) == set(saved_w) and all(torch.equal(seen["w"][k], saved_w[k]) for k in saved_w)
+    s = res["settings"]
+    assert s["artifact"] == str(art) and s["rbits"] == (64,) and s["main_rbits"] == 64 and s["dense_layers"] == 2
+    assert s["budget_labels"] == ["1/8", "24"] and (1, 2) in s["hatac_forced"]
+    assert set(res["recall"]["hatac-learned"]) == {"64"}
+    assert list(res["perplexity"]["hatac-learned s1r2"]) == ["1/8", "24"]
+    assert any(line.startswith(f"evaluating the artifact {art}") for line in lines)
